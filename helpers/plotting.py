@@ -1,0 +1,47 @@
+"""One figure style for the series, and the few plots more than one notebook draws."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+import torch
+
+PALETTE = sns.color_palette("colorblind")
+
+
+def set_style() -> None:
+    """The series' look: seaborn whitegrid, colour-blind palette, readable sizes, crisp inline PNGs."""
+    sns.set_theme(style="whitegrid", palette=PALETTE, context="notebook")
+    plt.rcParams.update({"figure.figsize": (7, 4), "figure.dpi": 90, "axes.titlesize": 12,
+                         "axes.titleweight": "bold", "legend.frameon": False})
+
+
+def stacked_bars(breakdowns: dict[str, dict[str, float]], parts: list[str], unit: float = 1e9,
+                 unit_name: str = "GB", title: str = "", ax=None):
+    """One stacked bar per label: breakdowns[label][part] in bytes, drawn in `unit_name`."""
+    ax = ax or plt.subplots()[1]
+    labels = list(breakdowns)
+    bottom = [0.0] * len(labels)
+    for colour, part in zip(PALETTE, parts):
+        heights = [breakdowns[label][part] / unit for label in labels]
+        ax.bar(labels, heights, bottom=bottom, label=part, color=colour)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_ylabel(f"memory ({unit_name})")
+    ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+@torch.no_grad()
+def decision_boundary(model, X: torch.Tensor, y: torch.Tensor, ax=None, title: str = "", steps: int = 200):
+    """Shade the predicted class of a 2-D binary classifier over the data's range; scatter the data."""
+    ax = ax or plt.subplots()[1]
+    lo, hi = X.min(0).values - 0.5, X.max(0).values + 0.5
+    gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], steps), torch.linspace(lo[1], hi[1], steps), indexing="xy")
+    was_training = model.training
+    model.eval()
+    prob = model(torch.stack([gx.ravel(), gy.ravel()], 1)).softmax(-1)[:, 1].reshape(gx.shape)
+    model.train(was_training)
+    ax.contourf(gx, gy, prob, levels=[0, 0.5, 1], colors=[PALETTE[0], PALETTE[1]], alpha=0.25)
+    ax.scatter(X[:, 0], X[:, 1], c=[PALETTE[int(c)] for c in y], s=6)
+    ax.set(title=title, xlabel="$x_1$", ylabel="$x_2$", xticks=[], yticks=[])
+    return ax
