@@ -1,0 +1,126 @@
+"""Memory and storage accounting for fine-tuning: the formula, and the bytes a real model measures.
+
+Conventions (bytes per parameter; activations are never included — they depend on batch and sequence):
+- a trainable parameter, precision "fp32": weight 4 + gradient 4 + optimizer 4 per state
+  (Adam keeps two states, m and v: 4 + 4 + 8 = 16);
+- a trainable parameter, precision "mixed" (fp16/bf16 training as in ZeRO): weight 2 + gradient 2 +
+  optimizer 4 (fp32 master copy) + 4 per state (Adam: 2 + 2 + 12 = 16);
+- a frozen parameter costs only its stored weight: 4 (fp32), 2 (fp16/bf16), 1 (int8), 0.5 (nf4), or
+  4.127/8 (nf4 with double quantisation: 4 bits + 8-bit absmax per 64 + fp32 constant per 64·256).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "nf4": 0.5,
+               "nf4-dq": (4 + 8 / 64 + 32 / (64 * 256)) / 8}
+OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd_momentum": 1, "sgd": 0}
+PRECISIONS = {"fp32": (4, 4, 0), "mixed": (2, 2, 4)}  # (weight, gradient, master copy) bytes per trainable param
+PARTS = ["weights", "gradients", "optimizer"]
+
+# Published sizes; d_model and n_layers set the LoRA count for adapters on W_q and W_v (d_model x d_model each;
+# LLaMA-2 70B's grouped-query W_v is smaller, so its LoRA count here is a slight over-estimate).
+MODELS = {
+    "GPT-2 1.5B": dict(n_params=1.5e9, d_model=1600, n_layers=48),
+    "LLaMA-2 7B": dict(n_params=6.74e9, d_model=4096, n_layers=32),
+    "LLaMA-2 13B": dict(n_params=13.0e9, d_model=5120, n_layers=40),
+    "LLaMA-2 70B": dict(n_params=69.0e9, d_model=8192, n_layers=80),
+    "GPT-3 175B": dict(n_params=175e9, d_model=12288, n_layers=96),
+}
+METHODS = ["full", "lora", "qlora"]
+
+
+def _check_choice(name: str, value, options) -> None:
+    if value not in options:
+        raise ValueError(f"unknown {name} {value!r}: choose one of {sorted(options)}")
+
+
+def training_memory(n_params: float, n_trainable: float | None = None, precision: str = "fp32",
+                    optimizer: str = "adam", frozen_dtype: str | None = None) -> dict[str, float]:
+    """Bytes for weights, gradients and optimizer states (and their total) when training a model.
+
+    n_params: all parameters; n_trainable: how many of them train (default: all).
+    precision: "fp32" or "mixed" for the trainable ones; frozen_dtype: how frozen weights are stored
+    (default fp32 for "fp32", bf16 for "mixed"; "nf4"/"nf4-dq" for QLoRA). Optimizer states are fp32.
+    """
+    n_trainable = n_params if n_trainable is None else n_trainable
+    if n_params < 0 or n_trainable < 0:
+        raise ValueError(f"parameter counts must be >= 0, got n_params={n_params}, n_trainable={n_trainable}")
+    if n_trainable > n_params:
+        raise ValueError(f"n_trainable ({n_trainable:,}) exceeds n_params ({n_params:,}): pass the model's "
+                         "total as n_params and the trained subset as n_trainable")
+    _check_choice("precision", precision, PRECISIONS)
+    _check_choice("optimizer", optimizer, OPTIMIZER_STATES)
+    frozen_dtype = frozen_dtype or ("fp32" if precision == "fp32" else "bf16")
+    _check_choice("frozen_dtype", frozen_dtype, DTYPE_BYTES)
+    w, g, master = PRECISIONS[precision]
+    out = {"weights": n_trainable * w + (n_params - n_trainable) * DTYPE_BYTES[frozen_dtype],
+           "gradients": n_trainable * g,
+           "optimizer": n_trainable * (master + 4 * OPTIMIZER_STATES[optimizer])}
+    out["total"] = sum(out[p] for p in PARTS)
+    return out
+
+
+def lora_params(d_model: int, n_layers: int, r: int, matrices_per_layer: int = 2) -> int:
+    """LoRA parameters for rank-r adapters on `matrices_per_layer` d_model x d_model weights per layer:
+    r·(d_in + d_out) each."""
+    if min(d_model, n_layers, r, matrices_per_layer) < 1:
+        raise ValueError("d_model, n_layers, r and matrices_per_layer must all be >= 1")
+    return n_layers * matrices_per_layer * r * 2 * d_model
+
+
+def finetune_memory(model: str = "LLaMA-2 7B", method: str = "full", r: int = 8, precision: str = "mixed",
+                    optimizer: str = "adam", n_params: float | None = None) -> dict[str, float]:
+    """The calculator behind notebook 01's widget: training_memory for a named model and method.
+
+    method "full" trains everything; "lora" freezes the base (stored per `precision`) and trains rank-r
+    adapters on W_q and W_v in every layer; "qlora" does the same over an NF4 + double-quantised base.
+    n_params overrides the preset's size (d_model, n_layers are kept). Adds "trainable" (a count).
+    """
+    _check_choice("model", model, MODELS)
+    _check_choice("method", method, METHODS)
+    spec = dict(MODELS[model])
+    if n_params is not None:
+        spec["n_params"] = n_params
+    trainable = spec["n_params"] if method == "full" else lora_params(spec["d_model"], spec["n_layers"], r)
+    frozen = "nf4-dq" if method == "qlora" else None
+    out = training_memory(spec["n_params"] + (0 if method == "full" else trainable), trainable,
+                          precision, optimizer, frozen_dtype=frozen)
+    out["trainable"] = trainable
+    return out
+
+
+def tensor_bytes(tensors) -> int:
+    """Sum of numel · element size over tensors (None entries skipped)."""
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def measure_training_memory(model: nn.Module, X: torch.Tensor, y: torch.Tensor, optimizer: str = "adam",
+                            lr: float = 1e-3) -> dict[str, int]:
+    """Measured bytes of parameters, .grad tensors and optimizer state after one training step.
+
+    Runs on a deep copy, so `model` is not changed. Trains what requires grad. Optimizer state counts the
+    per-parameter tensors (Adam's exp_avg, exp_avg_sq; momentum buffers); Adam's scalar step counters
+    (one per tensor, not per parameter) are reported apart as "step_counters" and left out of "total".
+    """
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+             "sgd_momentum": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9)}
+    _check_choice("optimizer", optimizer, kinds)
+    model = copy.deepcopy(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("no parameter requires grad: unfreeze what should train before measuring")
+    opt = kinds[optimizer](trainable, lr=lr)
+    nn.functional.cross_entropy(model(X), y).backward()
+    opt.step()
+    state = [t for s in opt.state.values() for k, t in s.items() if torch.is_tensor(t) and k != "step"]
+    steps = [t for s in opt.state.values() for k, t in s.items() if torch.is_tensor(t) and k == "step"]
+    out = {"weights": tensor_bytes(model.parameters()),
+           "gradients": tensor_bytes(p.grad for p in model.parameters()),
+           "optimizer": tensor_bytes(state)}
+    out["total"] = sum(out[p] for p in PARTS)
+    out["step_counters"] = tensor_bytes(steps)
+    return out

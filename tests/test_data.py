@@ -1,0 +1,111 @@
+import gzip
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import data
+from helpers.data import load_mnist, make_moons, read_idx, select_classes
+
+
+def test_mnist_5k_shapes_ranges_and_stratified_split():
+    X_train, y_train, X_test, y_test = load_mnist("5k")
+    assert X_train.shape == (4000, 784) and X_test.shape == (1000, 784)
+    assert X_train.dtype == torch.float32 and y_train.dtype == torch.int64
+    assert 0.0 == X_train.min().item() and X_train.max().item() == 1.0
+    assert torch.bincount(y_train).tolist() == [400] * 10
+    assert torch.bincount(y_test).tolist() == [100] * 10
+    # train and test are disjoint images
+    train_rows = {bytes(r) for r in (X_train * 255).round().to(torch.uint8).numpy()}
+    assert not any(bytes(r) in train_rows for r in (X_test * 255).round().to(torch.uint8).numpy())
+
+
+def test_unknown_subset_names_the_choices():
+    with pytest.raises(ValueError, match="subset='5k'.*subset='full'"):
+        load_mnist("10k")
+
+
+def test_missing_5k_file_says_how_to_restore(tmp_path):
+    with pytest.raises(ValueError, match="git checkout"):
+        load_mnist("5k", data_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_5k_file_fails_checksum_and_is_left_as_is(tmp_path, damage):
+    copy = tmp_path / data.MNIST_5K_FILE
+    shutil.copy(data.DATA_DIR / data.MNIST_5K_FILE, copy)
+    raw = bytearray(copy.read_bytes())
+    raw = raw[: len(raw) // 2] if damage == "truncate" else raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:]
+    copy.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="corrupted or truncated"):
+        load_mnist("5k", data_dir=tmp_path)
+    assert copy.read_bytes() == bytes(raw)
+
+
+def _write_idx(path, array, compress):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+    return path
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_parser_reads_what_was_written(tmp_path, compress):
+    images = np.arange(2 * 3 * 4).reshape(2, 3, 4) % 256
+    got = read_idx(_write_idx(tmp_path / "x.idx", images, compress))
+    assert got.shape == (2, 3, 4) and (got == images).all()
+
+
+def test_idx_parser_rejects_truncated_and_bad_magic(tmp_path):
+    path = _write_idx(tmp_path / "x.idx", np.ones((3, 5)), compress=False)
+    path.write_bytes(path.read_bytes()[:-2])
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(path)
+    path.write_bytes(b"\x00\x00\x0d\x01" + b"\x00" * 8)  # float idx: not MNIST
+    with pytest.raises(ValueError, match="bad magic"):
+        read_idx(path)
+
+
+def test_full_mnist_without_files_or_network_says_where_to_put_them(tmp_path):
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz.*mnist"):
+        load_mnist("full", data_dir=tmp_path, download=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_mnist_loads_verified_idx_files(tmp_path, monkeypatch):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    files = {"train-images-idx3-ubyte.gz": rng.integers(0, 256, (6, 28, 28)),
+             "train-labels-idx1-ubyte.gz": np.arange(6) % 10,
+             "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (2, 28, 28)),
+             "t10k-labels-idx1-ubyte.gz": np.array([3, 7])}
+    sums = {name: hashlib.sha256(_write_idx(folder / name, arr, True).read_bytes()).hexdigest()
+            for name, arr in files.items()}
+    monkeypatch.setattr(data, "MNIST_FULL_SHA256", sums)
+    X_train, y_train, X_test, y_test = load_mnist("full", data_dir=tmp_path, download=False)
+    assert X_train.shape == (6, 784) and X_test.shape == (2, 784) and y_test.tolist() == [3, 7]
+    assert torch.allclose(X_train[0] * 255, torch.tensor(files["train-images-idx3-ubyte.gz"][0].ravel(), dtype=torch.float32))
+    sums["t10k-labels-idx1-ubyte.gz"] = "0" * 64
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz does not match its SHA-256"):
+        load_mnist("full", data_dir=tmp_path, download=False)
+
+
+def test_select_classes_relabels_in_given_order():
+    X = torch.arange(6.0).unsqueeze(1)
+    y = torch.tensor([5, 0, 6, 5, 9, 1])
+    Xs, ys = select_classes(X, y, [6, 5])
+    assert Xs.squeeze(1).tolist() == [0.0, 2.0, 3.0] and ys.tolist() == [1, 0, 1]
+    with pytest.raises(ValueError, match="distinct digits"):
+        select_classes(X, y, [5, 5])
+
+
+def test_make_moons_is_seeded_balanced_and_rotates():
+    X, y = make_moons(200, seed=3)
+    X2, y2 = make_moons(200, seed=3)
+    assert torch.equal(X, X2) and torch.equal(y, y2) and y.sum().item() == 100
+    Xr, _ = make_moons(200, seed=3, rotation=90)
+    assert torch.allclose(Xr, torch.stack([-X[:, 1], X[:, 0]], 1), atol=1e-6)

@@ -1,0 +1,49 @@
+"""The two dependency files name the same packages at the same exact versions; torch is the CPU pin."""
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.+\-]+)$")
+
+
+def pins(lines):
+    out = {}
+    for line in lines:
+        line = line.split("#")[0].strip().removeprefix("- ").strip()
+        if not line or line.startswith("-") or ":" in line or line in ("pip",) or line.startswith("python="):
+            continue
+        m = PIN.match(line)
+        assert m, f"not an exact pin: {line!r}"
+        out[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return out
+
+
+def requirements():
+    return pins((ROOT / "requirements.txt").read_text().splitlines())
+
+
+def environment_pip_section():
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "- pip:")
+    return pins(lines[start + 1:])
+
+
+def test_requirements_and_environment_name_the_same_pins():
+    req, env = requirements(), environment_pip_section()
+    assert req == env, f"only in requirements.txt: {req.items() - env.items()}; only in environment.yml: {env.items() - req.items()}"
+
+
+def test_required_packages_are_pinned():
+    needed = {"torch", "numpy", "matplotlib", "seaborn", "jupyterlab", "ipywidgets", "nbval", "pytest", "tqdm",
+              "safetensors", "peft", "bitsandbytes"}
+    assert needed <= requirements().keys()
+
+
+def test_torch_is_the_cpu_pin_on_its_own_line_and_binder_uses_the_cpu_index():
+    assert "torch==2.13.0" in (ROOT / "requirements.txt").read_text().splitlines()
+    assert "whl/cpu" in (ROOT / "environment.yml").read_text()
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make test" in (ROOT / "README.md").read_text()

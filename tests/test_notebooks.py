@@ -1,0 +1,39 @@
+"""Hygiene of the committed notebooks: executed top to bottom, no errors, no local paths, small."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+LOCAL_PATH = re.compile(r"(/work/|/root/|/home/|/tmp/|/Users/|[A-Z]:\\\\Users)")
+
+
+def code_cells(path):
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+
+
+def test_there_are_notebooks():
+    assert [p.name[:2] for p in NOTEBOOKS][:1] == ["01"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_executed_in_order_without_errors(path):
+    cells = code_cells(path)
+    assert [c["execution_count"] for c in cells] == list(range(1, len(cells) + 1))
+    assert sum(bool(c["outputs"]) for c in cells) >= len(cells) // 2, "most cells should show their output"
+    errors = [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
+    assert not errors, f"error outputs committed: {[e.get('ename') for e in errors]}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_local_paths_in_outputs(path):
+    for c in code_cells(path):
+        text = json.dumps([o for o in c["outputs"]])
+        text = re.sub(r'"image/png": "[^"]*"', "", text)
+        assert not LOCAL_PATH.search(text), f"cell {c['execution_count']} shows a local path: {LOCAL_PATH.search(text).group()}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_under_two_megabytes(path):
+    assert path.stat().st_size < 2 * 1024 * 1024
