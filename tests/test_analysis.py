@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from helpers.analysis import effective_rank, energy_captured, subspace_similarity
+
+
+def test_identical_adapters_overlap_fully():
+    A = torch.randn(8, 50, generator=torch.Generator().manual_seed(0))
+    phi = subspace_similarity(A, A)
+    assert phi.shape == (8, 8) and torch.allclose(phi, torch.ones(8, 8, dtype=torch.float64), atol=1e-10)
+
+
+def test_orthogonal_row_spaces_do_not_overlap():
+    Q, _ = torch.linalg.qr(torch.randn(40, 40, generator=torch.Generator().manual_seed(1)))
+    phi = subspace_similarity(Q[:, :4].T, Q[:, 4:10].T)
+    assert phi.shape == (4, 6) and phi.abs().max() < 1e-10
+
+
+def test_nested_subspace_and_known_partial_overlap():
+    e = torch.eye(10)
+    A1 = torch.stack([3 * e[0], 2 * e[1]])          # top direction e0, then e1
+    A2 = torch.stack([5 * e[1], 4 * e[7], 1 * e[0]])  # top e1, then e7, then e0
+    phi = subspace_similarity(A1, A2)
+    assert phi[0, 0] == pytest.approx(0.0)   # e0 vs e1
+    assert phi[1, 0] == pytest.approx(1.0)   # span{e0, e1} contains e1
+    assert phi[0, 2] == pytest.approx(1.0)   # e0 is inside span{e1, e7, e0}
+    assert phi[1, 1] == pytest.approx(0.5)   # span{e0,e1} vs span{e1,e7}: one shared direction of two
+
+
+def test_energy_and_effective_rank_of_a_low_rank_matrix():
+    g = torch.Generator().manual_seed(2)
+    M = torch.randn(30, 2, generator=g) @ torch.randn(2, 20, generator=g)
+    energy = energy_captured(M)
+    assert energy[1] == pytest.approx(1.0) and effective_rank(M, 0.999) <= 2
+    assert effective_rank(torch.eye(10), 0.9) == 9
+
+
+@pytest.mark.parametrize("A1, A2, match", [
+    (torch.randn(4, 10), torch.randn(4, 11), "same input size k"),
+    (torch.randn(10), torch.randn(4, 10), "2-D tensor"),
+    (torch.full((2, 3), float("nan")), torch.randn(2, 3), "NaN"),
+])
+def test_bad_inputs(A1, A2, match):
+    with pytest.raises(ValueError, match=match):
+        subspace_similarity(A1, A2)
+
+
+def test_zero_matrix_has_no_energy():
+    with pytest.raises(ValueError, match="all zeros"):
+        energy_captured(torch.zeros(3, 3))
