@@ -1,0 +1,468 @@
+"""LoRA from scratch: the layer, model surgery, merging, parameter counts, and adapters in PEFT's file layout.
+
+Notation (the series'): a frozen layer computes W₀x + b with W₀ ∈ R^{d_out×d_in}. LoRA adds a trainable
+low-rank update ΔW = B A with A ∈ R^{r×d_in} (Kaiming-uniform, a=√5) and B ∈ R^{d_out×r} (zeros), so
+
+    h = W₀x + b + s · B A x,    s = α/r   (rsLoRA: s = α/√r).
+
+Because B starts at zero, the adapted model equals the base model at step 0.
+
+Adapters are saved the way `peft` saves them (`adapter_model.safetensors` + `adapter_config.json`, tensor keys
+`base_model.model.<module>.lora_A.weight` / `.lora_B.weight`), so `peft.PeftModel.from_pretrained` loads ours
+and `load_adapter` loads peft's. Only safetensors and JSON are read: nothing is ever unpickled.
+
+Reuse (e.g. QLoRA in helpers/quant.py):
+- `LoRALinear(base, ...)` accepts any `base` module with `in_features`, `out_features` and a `weight`; its
+  forward is `base(x) + lora_forward(x)`. A subclass over a quantised base keeps `lora_forward`,
+  `delta_weight`, `scaling` and the A/B/dropout modules, and overrides `merge` / `unmerge` if its base
+  cannot absorb ΔW in place.
+- `_replace_modules(model, target_modules, make_layer, check=...)` is the model surgery behind `add_lora`:
+  it matches names like peft, validates every match (and `check(name, module)`) before changing anything,
+  then swaps each match for `make_layer(name, module)`. `add_qlora` can call it with its own factory, and
+  `load_adapter(..., inject=add_qlora)` loads a saved adapter onto that kind of layer.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from numbers import Real
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "adapter_config.json"
+KEY_PREFIX = "base_model.model."
+_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<which>[AB])\.weight$")
+
+# adapter_config.json keys that describe the file, not the adapter's math: any value is accepted.
+_METADATA_KEYS = {"peft_version", "auto_mapping", "base_model_name_or_path", "revision", "task_type",
+                  "inference_mode", "init_lora_weights", "megatron_core", "qalora_group_size", "runtime_config"}
+_CORE_KEYS = {"peft_type", "r", "lora_alpha", "target_modules", "lora_dropout", "use_rslora", "bias"}
+
+
+def _check_lora_args(r, alpha, dropout, rslora) -> None:
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+        raise ValueError(f"r must be a positive integer (the rank of ΔW = BA), got {r!r}; use e.g. r=4")
+    if isinstance(alpha, bool) or not isinstance(alpha, Real) or not alpha > 0 or not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a positive number (the scale is α/r), got {alpha!r}; "
+                         "use e.g. alpha=r or alpha=2*r")
+    if isinstance(dropout, bool) or not isinstance(dropout, Real) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}; use 0.0 to switch it off")
+    if not isinstance(rslora, bool):
+        raise ValueError(f"rslora must be True or False, got {rslora!r}")
+
+
+def _check_rank_fits(name: str, base: nn.Module, r: int) -> None:
+    d_in, d_out = base.in_features, base.out_features
+    if r > min(d_in, d_out):
+        raise ValueError(f"r={r} is larger than min(d_in, d_out) = min({d_in}, {d_out}) of layer {name!r}: a rank-r "
+                         f"update of a {d_out}x{d_in} matrix cannot have rank above {min(d_in, d_out)}; lower r "
+                         f"or leave {name!r} out of target_modules")
+
+
+class LoRALinear(nn.Module):
+    """A frozen `base` layer plus a trainable low-rank branch: h = base(x) + s · B A dropout(x).
+
+    base: nn.Linear (or any module with `in_features`, `out_features`, `weight`, called as base(x)).
+    lora_A: nn.Linear(d_in -> r, no bias), weight A of shape (r, d_in), Kaiming-uniform with a=√5.
+    lora_B: nn.Linear(r -> d_out, no bias), weight B of shape (d_out, r), zeros.
+    scaling s = alpha / r, or alpha / √r with `rslora`. Dropout (probability `dropout`) acts on the LoRA
+    branch's input only and only in train mode. `merge()` folds s·BA into base.weight (then forward is base
+    alone); `unmerge()` takes it out again. Both are idempotent; `merged` says which state the layer is in.
+    Train unmerged: a merged layer's forward skips the branch, so A and B get no gradient.
+    """
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False):
+        super().__init__()
+        _check_lora_args(r, alpha, dropout, rslora)
+        if not all(hasattr(base, a) for a in ("in_features", "out_features", "weight")):
+            raise ValueError(f"base must have in_features, out_features and weight (like nn.Linear), "
+                             f"got {type(base).__name__}; wrap an nn.Linear")
+        _check_rank_fits(type(base).__name__, base, r)
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.r, self.alpha, self.rslora = r, alpha, rslora
+        self.scaling = alpha / math.sqrt(r) if rslora else alpha / r
+        self.in_features, self.out_features = base.in_features, base.out_features
+        dtype = base.weight.dtype if base.weight.is_floating_point() else torch.float32
+        factory = {"device": base.weight.device, "dtype": dtype}
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self) -> None:
+        """A Kaiming-uniform (a=√5, as nn.Linear's default init), B zeros: ΔW = 0, the layer equals its base."""
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    def lora_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The branch alone, s · B A dropout(x): (..., d_in) -> (..., d_out).
+
+        The scale multiplies the r-wide intermediate (cheaper than scaling the d_out-wide output);
+        with dropout off the dropout module is skipped, not called.
+        """
+        if self.training and isinstance(self.lora_dropout, nn.Dropout):
+            x = self.lora_dropout(x)
+        return F.linear(F.linear(x, self.lora_A.weight) * self.scaling, self.lora_B.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.merged:
+            return out
+        return out + self.lora_forward(x)
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = s · B A, shape (d_out, d_in), in the adapter's dtype."""
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W₀ <- W₀ + s·BA, so forward costs one matmul; no-op when already merged."""
+        if not self.merged:
+            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W₀ <- W₀ - s·BA (exact up to float rounding); no-op when not merged."""
+        if self.merged:
+            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, rslora={self.rslora}, merged={self.merged}"
+
+
+def _lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def _candidate_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every named submodule, except the insides of LoRA layers (their base and A/B are not targets)."""
+    inside = [name + "." for name, m in model.named_modules() if isinstance(m, LoRALinear) and name]
+    return [(name, m) for name, m in model.named_modules()
+            if name and not any(name.startswith(p) for p in inside)]
+
+
+def _matches(target_modules: str | Iterable[str], name: str) -> bool:
+    """peft's rule: a string is a regex that must match the whole name; a list entry matches the whole
+    name or its dotted suffix (target "fc1" matches "fc1" and "encoder.fc1", not "xfc1")."""
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    return any(name == t or name.endswith("." + t) for t in target_modules)
+
+
+def _linear_names(model: nn.Module, layer_types) -> list[str]:
+    return [name for name, m in _candidate_modules(model) if isinstance(m, layer_types)]
+
+
+def _find_targets(model: nn.Module, target_modules, layer_types=(nn.Linear,)) -> dict[str, nn.Module]:
+    """Name -> module for every targeted layer; ValueError (naming what exists) when a target is wrong."""
+    if isinstance(target_modules, str):
+        targets = target_modules
+        if not targets:
+            raise ValueError("target_modules is empty: pass layer names such as ['fc2', 'fc3']")
+    else:
+        if target_modules is None or isinstance(target_modules, (bytes, nn.Module)):
+            raise ValueError(f"target_modules must be a list of layer names (or one regex string), got "
+                             f"{target_modules!r}; e.g. ['fc2', 'fc3']")
+        targets = list(target_modules)
+        if not targets or not all(isinstance(t, str) and t for t in targets):
+            raise ValueError(f"target_modules must be a non-empty list of layer names, got {target_modules!r}; "
+                             "e.g. ['fc2', 'fc3']")
+    existing = _linear_names(model, layer_types)
+    kinds = "/".join(("nn." if t.__module__.startswith("torch.nn") else "") + t.__name__ for t in layer_types)
+    hint = f"{kinds} layers in this model: {', '.join(existing) or 'none'}"
+    candidates = _candidate_modules(model)
+    adapted = [name for name, m in candidates if isinstance(m, LoRALinear) and _matches(targets, name)]
+    if adapted:
+        raise ValueError(f"layer(s) {', '.join(adapted)} already carry a LoRA adapter: adapting a layer twice is "
+                         "not supported; call merge_and_unload(model) first, or start from a fresh base model")
+    found = {name: m for name, m in candidates if _matches(targets, name)}
+    if isinstance(targets, str):
+        if not found:
+            raise ValueError(f"target_modules regex {targets!r} matches no module; {hint}")
+    else:
+        for t in targets:
+            if not any(_matches([t], name) for name in found):
+                raise ValueError(f"target module {t!r} matches no module (a name must match exactly or as a "
+                                 f"dotted suffix); {hint}")
+    wrong = {name: type(m).__name__ for name, m in found.items() if not isinstance(m, layer_types)}
+    if wrong:
+        listed = ", ".join(f"{n} ({k})" for n, k in wrong.items())
+        raise ValueError(f"target(s) {listed} are not {kinds}: LoRA here adapts {kinds} layers only; "
+                         f"remove them from target_modules. {hint}")
+    return found
+
+
+def _replace_modules(model: nn.Module, target_modules, make_layer: Callable[[str, nn.Module], nn.Module],
+                     check: Callable[[str, nn.Module], None] | None = None,
+                     layer_types=(nn.Linear,)) -> dict[str, nn.Module]:
+    """Swap each targeted layer for `make_layer(name, layer)`, in place; returns name -> new layer.
+
+    Matching follows peft (exact name or dotted suffix; a string is a full-match regex). Every match is
+    validated first — it exists, is one of `layer_types`, is not adapted yet, and passes `check(name, layer)`
+    (raise ValueError there) — so on any error the model is unchanged.
+    """
+    found = _find_targets(model, target_modules, layer_types)
+    if check is not None:
+        for name, module in found.items():
+            check(name, module)
+    new = {name: make_layer(name, module) for name, module in found.items()}
+    for name, layer in new.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+    return new
+
+
+def add_lora(model: nn.Module, target_modules: str | Iterable[str], r: int, alpha: float, dropout: float = 0.0,
+             rslora: bool = False) -> nn.Module:
+    """Replace each targeted nn.Linear by a LoRALinear (in place) and freeze everything else; returns model.
+
+    target_modules: names like ["fc2", "fc3"], matching a module's full name or its dotted suffix (peft's
+    rule), or one regex string that must match a full name. Afterwards only lora_A / lora_B require grad:
+    r·(d_in + d_out) trainable parameters per adapted layer. On any ValueError the model is unchanged.
+    """
+    _check_lora_args(r, alpha, dropout, rslora)
+    _replace_modules(model, target_modules, lambda name, m: LoRALinear(m, r, alpha, dropout, rslora),
+                     check=lambda name, m: _check_rank_fits(name, m, r))
+    _freeze_all_but_lora(model)
+    return model
+
+
+def _freeze_all_but_lora(model: nn.Module) -> None:
+    lora = {id(p) for m in _lora_layers(model).values() for p in (m.lora_A.weight, m.lora_B.weight)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in lora)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Merge every LoRA layer (W₀ <- W₀ + s·BA); inference then costs what the base model costs."""
+    for m in _lora_layers(model).values():
+        m.merge()
+    return model
+
+
+def unmerge_lora(model: nn.Module) -> nn.Module:
+    """Undo `merge_lora` in every LoRA layer (to train on, or to swap adapters)."""
+    for m in _lora_layers(model).values():
+        m.unmerge()
+    return model
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge every LoRA layer and put its (now updated) base layer back: a plain model, no LoRA modules.
+
+    In place; returns the model. The base layers keep requires_grad=False, as add_lora left them.
+    """
+    layers = _lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA layers to merge: call add_lora (or load_adapter) first")
+    for name, m in layers.items():
+        m.merge()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, m.base)
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; shared parameters are counted once."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def print_trainable_parameters(model: nn.Module) -> None:
+    """Print the counts in peft's format: `trainable params: 52,162 || all params: 4,100,164 || trainable%: 1.2722`."""
+    trainable, total = count_parameters(model)
+    print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+
+def _adapter_config(layers: dict[str, LoRALinear]) -> dict:
+    settings = {(m.r, m.alpha, _dropout_p(m), m.rslora) for m in layers.values()}
+    if len(settings) > 1:
+        raise ValueError(f"the LoRA layers disagree on (r, alpha, dropout, rslora): {sorted(settings)}; one adapter "
+                         "file holds one setting — adapt all layers in a single add_lora call")
+    r, alpha, dropout, rslora = settings.pop()
+    alpha = int(alpha) if float(alpha).is_integer() else float(alpha)
+    return {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": sorted(layers),
+            "lora_dropout": dropout, "use_rslora": rslora, "bias": "none"}
+
+
+def _dropout_p(m: LoRALinear) -> float:
+    return float(m.lora_dropout.p) if isinstance(m.lora_dropout, nn.Dropout) else 0.0
+
+
+_MODEL_CARD = """---
+library_name: peft
+tags:
+- lora
+---
+
+# LoRA adapter
+
+A LoRA adapter written by `helpers.lora.save_adapter` in peft's file layout.
+
+- rank r = {r}, lora_alpha = {lora_alpha}, use_rslora = {use_rslora} (scaling = {scaling:.4g}), lora_dropout = {lora_dropout}
+- adapted layers: {targets}
+- trainable parameters: {n_params:,d}
+
+Load it onto the same base model with either
+
+```python
+from helpers.lora import load_adapter
+model = load_adapter(base_model, "path/to/this/folder")
+```
+
+or
+
+```python
+from peft import PeftModel
+model = PeftModel.from_pretrained(base_model, "path/to/this/folder")
+```
+"""
+
+
+def save_adapter(model: nn.Module, directory: str | Path) -> Path:
+    """Write the model's LoRA adapter to `directory` (created if needed) in peft's layout; returns the path.
+
+    Files: adapter_model.safetensors (keys base_model.model.<module>.lora_A.weight / .lora_B.weight),
+    adapter_config.json (peft_type "LORA", r, lora_alpha, target_modules = the adapted layers' full names,
+    lora_dropout, use_rslora, bias "none") and a short model card README.md. Only A and B are stored.
+    """
+    from safetensors.torch import save_file
+
+    layers = _lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA layers to save: call add_lora (or load_adapter) first")
+    config = _adapter_config(layers)
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} is a file, not a directory: pass a folder path for the adapter")
+    tensors = {}
+    for name, m in layers.items():
+        tensors[f"{KEY_PREFIX}{name}.lora_A.weight"] = m.lora_A.weight.detach().cpu().contiguous()
+        tensors[f"{KEY_PREFIX}{name}.lora_B.weight"] = m.lora_B.weight.detach().cpu().contiguous()
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    scaling = config["lora_alpha"] / (math.sqrt(config["r"]) if config["use_rslora"] else config["r"])
+    (directory / "README.md").write_text(_MODEL_CARD.format(
+        **config, scaling=scaling, targets=", ".join(config["target_modules"]),
+        n_params=sum(t.numel() for t in tensors.values())))
+    return directory
+
+
+def _read_config(directory: Path) -> dict:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise ValueError(f"{CONFIG_NAME} is missing in the adapter folder {directory.name!r}: save the adapter "
+                         "with save_adapter (or peft's save_pretrained), which writes it next to the weights")
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{CONFIG_NAME} in {directory.name!r} is not valid JSON ({e}); it is corrupt: "
+                         "save the adapter again") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{CONFIG_NAME} in {directory.name!r} must hold a JSON object, got "
+                         f"{type(config).__name__}; save the adapter again")
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"{CONFIG_NAME} has peft_type={config.get('peft_type')!r}, expected 'LORA': only LoRA "
+                         "adapters load here; use peft for other adapter types")
+    missing = [k for k in ("r", "lora_alpha", "target_modules") if k not in config]
+    if missing:
+        raise ValueError(f"{CONFIG_NAME} lacks {', '.join(missing)}: the file is incomplete; save the adapter again")
+    config = {"lora_dropout": 0.0, "use_rslora": False, "bias": "none", **config}
+    if config["bias"] != "none":
+        raise ValueError(f"{CONFIG_NAME} has bias={config['bias']!r}: adapters that train biases are not "
+                         "implemented here (only bias='none'); load this adapter with peft instead")
+    unsupported = {k: v for k, v in config.items() if k not in _CORE_KEYS | _METADATA_KEYS and v}
+    if unsupported:
+        listed = ", ".join(f"{k}={v!r}" for k, v in sorted(unsupported.items()))
+        raise ValueError(f"{CONFIG_NAME} uses features helpers.lora does not implement ({listed}); "
+                         "load this adapter with peft.PeftModel.from_pretrained instead")
+    targets = config["target_modules"]
+    if isinstance(targets, list) and not all(isinstance(t, str) for t in targets):
+        raise ValueError(f"target_modules in {CONFIG_NAME} must be layer names, got {targets!r}; save the adapter again")
+    try:
+        _check_lora_args(config["r"], config["lora_alpha"], config["lora_dropout"], config["use_rslora"])
+    except ValueError as e:
+        raise ValueError(f"{CONFIG_NAME} is invalid: {e}") from None
+    return config
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = directory / WEIGHTS_NAME
+    if not path.is_file():
+        other = " (a pickled adapter_model.bin is there: it is never unpickled here; re-save it as safetensors)" \
+            if (directory / "adapter_model.bin").exists() else ""
+        raise ValueError(f"{WEIGHTS_NAME} is missing in the adapter folder {directory.name!r}{other}: save the "
+                         "adapter with save_adapter (or peft's save_pretrained)")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated or garbled files
+        raise ValueError(f"{WEIGHTS_NAME} in {directory.name!r} is corrupt or truncated ({type(e).__name__}: {e}); "
+                         "save the adapter again") from None
+
+
+def load_adapter(model: nn.Module, directory: str | Path, inject: Callable = add_lora) -> nn.Module:
+    """Insert and load a saved LoRA adapter (ours or peft's) into a fresh base model, in place; returns it.
+
+    Reads adapter_config.json and adapter_model.safetensors only (never a pickle). Config, tensor keys and
+    shapes are all checked against the model before it is touched, so on any ValueError the model is exactly
+    as it was. `inject` builds the layers (default add_lora; e.g. add_qlora for a quantised base).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"adapter folder {str(directory)!r} does not exist: pass the folder save_adapter wrote")
+    config = _read_config(directory)
+    tensors = _read_weights(directory)
+    r = config["r"]
+
+    by_module: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        match = _KEY.match(key)
+        if match is None:
+            raise ValueError(f"unexpected tensor {key!r} in {WEIGHTS_NAME}: expected only "
+                             f"{KEY_PREFIX}<module>.lora_A.weight / .lora_B.weight; this is not a plain LoRA adapter")
+        by_module.setdefault(match["module"], {})[match["which"]] = t
+    if _lora_layers(model):
+        raise ValueError("the model already has LoRA layers: load the adapter into a fresh base model "
+                         "(or call merge_and_unload first)")
+    found = _find_targets(model, config["target_modules"])
+    missing = sorted(set(found) - set(by_module))
+    extra = sorted(set(by_module) - set(found))
+    if missing or extra:
+        raise ValueError(f"adapter and model disagree: target_modules {config['target_modules']!r} selects "
+                         f"{sorted(found)}, the weights cover {sorted(by_module)} (missing weights for {missing}, "
+                         f"weights for no targeted layer: {extra}); load it into the base model it was trained on")
+    for name, layer in found.items():
+        pair = by_module[name]
+        expected = {"A": (r, layer.in_features), "B": (layer.out_features, r)}
+        for which, shape in expected.items():
+            if which not in pair:
+                raise ValueError(f"missing key {KEY_PREFIX}{name}.lora_{which}.weight in {WEIGHTS_NAME}: "
+                                 "the file is incomplete; save the adapter again")
+            t = pair[which]
+            if tuple(t.shape) != shape or not t.is_floating_point():
+                raise ValueError(f"{KEY_PREFIX}{name}.lora_{which}.weight has shape {tuple(t.shape)} ({t.dtype}), "
+                                 f"but layer {name!r} ({layer.out_features}x{layer.in_features}) with r={r} needs "
+                                 f"{shape} floats; load it into the base model it was trained on")
+
+    inject(model, config["target_modules"], r=r, alpha=config["lora_alpha"], dropout=config["lora_dropout"],
+           rslora=config["use_rslora"])
+    layers = _lora_layers(model)
+    with torch.no_grad():
+        for name, pair in by_module.items():
+            layers[name].lora_A.weight.copy_(pair["A"])
+            layers[name].lora_B.weight.copy_(pair["B"])
+    return model
