@@ -1,5 +1,7 @@
-"""Analysis of learned updates: singular-value spectra and LoRA subspace similarity (Hu et al. 2021, Eq. 4)."""
+"""Analysis of learned updates and training cost: spectra, LoRA subspace similarity (Hu et al. 2021, Eq. 4), step FLOPs."""
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -56,3 +58,54 @@ def effective_rank(M: torch.Tensor, energy: float = 0.9) -> int:
     if not 0 < energy <= 1:
         raise ValueError(f"energy must be in (0, 1], got {energy}")
     return int((energy_captured(M) < energy - 1e-12).sum().item()) + 1
+
+
+def training_step_flops(sizes, batch: int, method: str = "full", r: dict | int | None = None, d: int = 0,
+                        projection: str = "fastfood") -> dict[str, int]:
+    """Matmul FLOPs of one training step (forward + backward) of an MLP, counted as PyTorch's FlopCounterMode
+    counts them (2·m·n·k per m×k @ k×n product; element-wise ops, biases and the loss are not counted).
+
+    sizes: the MLP's widths (d_in, hidden..., d_out); batch b. For a layer d_in -> d_out, with N_l = d_in·d_out:
+    - "full": forward 2bN_l, weight gradient 2bN_l, input gradient 2bN_l (none for the first layer: the data
+      needs no gradient).
+    - "lora" (adapters of rank r[l] on every layer; r an int or {layer index: rank}, 0 = not adapted): the frozen
+      W₀ costs its forward and, past the first layer, its input gradient; each adapter adds
+      2b·r(d_in + d_out) forward and 2b·r(2·d_out + d_in) backward (+2b·r·d_in for its input gradient past
+      the first layer).
+    - "subspace": the whole model's "full" cost (every weight needs its gradient to reach θ^(d)) plus the
+      projection, forward and backward alike: dense 2·D·d, sparse 2·nnz with nnz = d·√D, fastfood per block of
+      L = 2^⌈log2 d⌉ two Walsh–Hadamard transforms of L·log2 L additions plus 3L multiplies, ⌈D/L⌉ blocks.
+    Returns {"model": ..., "extra": ..., "total": ...}.
+    """
+    sizes = [int(s) for s in sizes]
+    if len(sizes) < 2 or batch < 1:
+        raise ValueError("sizes needs at least an input and an output width and batch must be >= 1")
+    if method not in ("full", "lora", "subspace"):
+        raise ValueError(f"unknown method {method!r}: choose 'full', 'lora' or 'subspace'")
+    layers = list(zip(sizes[:-1], sizes[1:]))
+    ranks = {i: (r if isinstance(r, int) else (r or {}).get(i, 0)) for i in range(len(layers))}
+    if method == "lora" and not any(ranks.values()):
+        raise ValueError("method 'lora' needs r: an int or {layer index: rank}")
+    b, model, extra = batch, 0, 0
+    for i, (din, dout) in enumerate(layers):
+        first = i == 0
+        if method == "lora":
+            model += 2 * b * din * dout * (1 if first else 2)
+            k = ranks[i]
+            extra += 2 * b * k * (din + dout) + 2 * b * k * (2 * dout + din) + (0 if first else 2 * b * k * din)
+        else:
+            model += 2 * b * din * dout * (2 if first else 3)
+    if method == "subspace":
+        D = sum(din * dout + dout for din, dout in layers)
+        if not 1 <= d <= D:
+            raise ValueError(f"method 'subspace' needs 1 <= d <= D = {D}, got d={d}")
+        if projection == "dense":
+            extra = 2 * (2 * D * d)
+        elif projection == "sparse":
+            extra = 2 * (2 * round(d * math.sqrt(D)))
+        elif projection == "fastfood":
+            L = 1 << max(0, math.ceil(math.log2(d)))
+            extra = 2 * (-(-D // L)) * (2 * L * int(math.log2(L)) + 3 * L)
+        else:
+            raise ValueError(f"unknown projection {projection!r}: choose 'dense', 'sparse' or 'fastfood'")
+    return {"model": model, "extra": extra, "total": model + extra}

@@ -48,3 +48,39 @@ def test_bad_inputs(A1, A2, match):
 def test_zero_matrix_has_no_energy():
     with pytest.raises(ValueError, match="all zeros"):
         energy_captured(torch.zeros(3, 3))
+
+
+def _counted_flops(model, batch=16):
+    from torch.utils.flop_counter import FlopCounterMode
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.rand(batch, 784, generator=g), torch.randint(0, 10, (batch,), generator=g)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(X), y).backward()
+    return counter.get_total_flops()
+
+
+def test_step_flops_formula_equals_pytorch_flop_counter_for_full_and_lora():
+    import copy
+
+    from helpers.analysis import training_step_flops
+    from helpers.lora import add_lora
+    from helpers.models import mlp
+    sizes = (784, 200, 200, 10)
+    assert training_step_flops(sizes, 16)["total"] == _counted_flops(mlp(sizes))
+    lora = add_lora(copy.deepcopy(mlp(sizes)), ["fc1", "fc2"], r=8, alpha=16)
+    add_lora(lora, ["head"], r=4, alpha=8)
+    assert training_step_flops(sizes, 16, "lora", r={0: 8, 1: 8, 2: 4})["total"] == _counted_flops(lora)
+
+
+def test_step_flops_subspace_adds_the_projection():
+    from helpers.analysis import training_step_flops
+    sizes = (784, 200, 200, 10)
+    full = training_step_flops(sizes, 128)["total"]
+    dense = training_step_flops(sizes, 128, "subspace", d=500, projection="dense")
+    assert dense["model"] == full and dense["extra"] == 4 * 199_210 * 500
+    fastfood = training_step_flops(sizes, 128, "subspace", d=1000, projection="fastfood")
+    assert fastfood["extra"] == 2 * 195 * (2 * 1024 * 10 + 3 * 1024)
+    with pytest.raises(ValueError, match="1 <= d <= D"):
+        training_step_flops(sizes, 128, "subspace", d=0)
+    with pytest.raises(ValueError, match="needs r"):
+        training_step_flops(sizes, 128, "lora")
