@@ -1,0 +1,228 @@
+"""Intrinsic dimension (Li et al., ICLR 2018): sweeps over d, d_int90 under both threshold rules, the toy problem.
+
+- `sweep` trains a `SubspaceModel` for every (projection, d, seed) with `helpers.training.train` and
+  returns a tidy table; `baseline` does the same for direct training.
+- `dint90` reads the intrinsic dimension off such a table: the smallest tested d whose mean test
+  accuracy reaches 90% of the baseline ("relative", the paper's stated rule) or 0.90 accuracy
+  ("absolute", what the paper's own plotting code used for MNIST's 750), with a bootstrap over seeds.
+- The toy problem of the paper's §2: θ ∈ R^1000, ten blocks of 100 whose sums must be 1, 2, ..., 10;
+  its solutions form a 990-dimensional plane, so its intrinsic dimension is exactly 10.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from helpers.models import mlp
+from helpers.subspace import PROJECTIONS, SubspaceModel
+from helpers.training import evaluate, train
+
+RULES = ("relative", "absolute")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps over d
+# ---------------------------------------------------------------------------------------------
+
+def _as_list(x, name: str) -> list:
+    out = [x] if isinstance(x, (int, str)) else list(x)
+    if not out:
+        raise ValueError(f"{name} is empty: pass at least one value")
+    return out
+
+
+def sweep(X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor, ds: Iterable[int],
+          seeds: Iterable[int] = (0, 1, 2), projections: str | Iterable[str] = "fastfood", *,
+          model_fn: Callable[[int], nn.Module] | None = None, epochs: int = 10, lr: float = 1e-2,
+          batch_size: int = 128, optimizer: str = "adam", progress: bool = True) -> pd.DataFrame:
+    """Train `SubspaceModel(model_fn(seed), d, projection, seed)` for every projection × d × seed.
+
+    model_fn(seed) builds a fresh model (default: the paper's MLP 784-200-200-10 initialised with
+    `seed`); the same seed draws P and the minibatch order, so a seed fixes a whole run.
+    Returns one row per run: projection, d, seed, D, train_acc, test_acc, seconds (wall time of
+    training plus the per-epoch test evaluations) and history (the dict `train` returned: epoch,
+    loss, seconds, test_acc per epoch — what the notebook's widget draws).
+    """
+    ds, seeds, projections = _as_list(ds, "ds"), _as_list(seeds, "seeds"), _as_list(projections, "projections")
+    for p in projections:
+        if p not in PROJECTIONS:
+            raise ValueError(f"unknown projection {p!r}: choose from {sorted(PROJECTIONS)}")
+    model_fn = model_fn or (lambda seed: mlp(seed=seed))
+    runs = [(p, d, s) for p in projections for d in ds for s in seeds]
+    rows = []
+    bar = tqdm(runs, desc="sweep", disable=not progress)
+    for projection, d, seed in bar:
+        bar.set_postfix(projection=projection, d=d, seed=seed)
+        t0 = time.perf_counter()
+        model = SubspaceModel(model_fn(seed), d, projection=projection, seed=seed)
+        history = train(model, X, y, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                        seed=seed, eval_data=(X_test, y_test), progress=False)
+        rows.append({"projection": projection, "d": d, "seed": seed, "D": model.D,
+                     "train_acc": evaluate(model, X, y), "test_acc": history["test_acc"][-1],
+                     "seconds": time.perf_counter() - t0, "history": history})
+    return pd.DataFrame(rows)
+
+
+def baseline(X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor,
+             seeds: Iterable[int] = (0, 1, 2), *, model_fn: Callable[[int], nn.Module] | None = None,
+             epochs: int = 20, lr: float = 1e-3, batch_size: int = 128, optimizer: str = "adam",
+             progress: bool = True) -> pd.DataFrame:
+    """Direct training of all D parameters, one row per seed, same columns as `sweep` (d = D)."""
+    seeds = _as_list(seeds, "seeds")
+    model_fn = model_fn or (lambda seed: mlp(seed=seed))
+    rows = []
+    for seed in tqdm(seeds, desc="baseline", disable=not progress):
+        t0 = time.perf_counter()
+        model = model_fn(seed)
+        history = train(model, X, y, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                        seed=seed, eval_data=(X_test, y_test), progress=False)
+        D = sum(p.numel() for p in model.parameters())
+        rows.append({"projection": "direct", "d": D, "seed": seed, "D": D,
+                     "train_acc": evaluate(model, X, y), "test_acc": history["test_acc"][-1],
+                     "seconds": time.perf_counter() - t0, "history": history})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# d_int90
+# ---------------------------------------------------------------------------------------------
+
+def _crossing(ds: np.ndarray, acc: np.ndarray, threshold: float, interpolate: bool) -> float:
+    """Smallest d with acc >= threshold (inf if none); optionally log-linear between grid points."""
+    hit = np.flatnonzero(acc >= threshold)
+    if len(hit) == 0:
+        return math.inf
+    i = hit[0]
+    if not interpolate or i == 0:
+        return float(ds[i])
+    lo, hi = np.log(ds[i - 1]), np.log(ds[i])
+    frac = (threshold - acc[i - 1]) / (acc[i] - acc[i - 1])
+    return float(np.exp(lo + frac * (hi - lo)))
+
+
+def dint90(table: pd.DataFrame, baseline: float | Sequence[float], rule: str = "relative", *,
+           n_boot: int = 1000, seed: int = 0, metric: str = "test_acc", interpolate: bool = False,
+           level: float = 0.90) -> dict:
+    """Intrinsic dimension d_int90 from a `sweep` table (one projection), with a bootstrap over seeds.
+
+    rule="relative": threshold = 0.90 × baseline accuracy (the paper's stated definition);
+    rule="absolute": threshold = 0.90 accuracy (the paper's plotting code, which gave MNIST's 750).
+    `baseline` is the direct-training accuracy, a number or one value per seed (then it is
+    resampled too). The estimate is the smallest tested d whose mean `metric` over seeds reaches
+    the threshold (inf if no tested d does); with interpolate=True, the log-linear crossing between
+    the last d below and the first d above. The bootstrap resamples seeds with replacement
+    (the same seeds for every d) `n_boot` times.
+    Returns dict: rule, threshold, d_int90, boot_median, boot_low / boot_high (5th / 95th
+    percentile), boot_std (over bootstrap samples that reached; nan if fewer than two),
+    reached (fraction of bootstrap samples that reached the threshold within the grid), n_seeds.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}: choose 'relative' (90% of baseline) or 'absolute' (0.90 accuracy)")
+    if metric not in table.columns:
+        raise ValueError(f"table has no column {metric!r}: pass a table from sweep() or metric= one of {list(table.columns)}")
+    if "projection" in table.columns and table["projection"].nunique() > 1:
+        raise ValueError(f"table mixes projections {sorted(table['projection'].unique())}: "
+                         f"pass table[table.projection == 'fastfood'] (one projection at a time)")
+    base = np.atleast_1d(np.asarray(baseline, dtype=float))
+    if base.size == 0 or not np.all((base > 0) & (base <= 1)):
+        raise ValueError(f"baseline must be accuracies in (0, 1], got {baseline!r}: pass e.g. 0.934")
+    acc = table.pivot_table(index="seed", columns="d", values=metric)  # seeds × d
+    if acc.isna().any().any():
+        raise ValueError("every d needs a result for every seed: rerun sweep() with the same seeds for all d")
+    ds, grid = acc.columns.to_numpy(dtype=float), acc.to_numpy()
+
+    def threshold(b):
+        return level * b if rule == "relative" else level
+
+    estimate = _crossing(ds, grid.mean(0), threshold(base.mean()), interpolate)
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    for i in range(n_boot):
+        rows = rng.integers(0, len(grid), len(grid))
+        b = base[rng.integers(0, len(base), len(base))].mean()
+        boot[i] = _crossing(ds, grid[rows].mean(0), threshold(b), interpolate)
+    finite = boot[np.isfinite(boot)]
+    return {"rule": rule, "threshold": float(threshold(base.mean())), "d_int90": estimate,
+            "boot_median": float(np.quantile(boot, 0.5, method="lower")),
+            "boot_low": float(np.quantile(boot, 0.05, method="lower")),
+            "boot_high": float(np.quantile(boot, 0.95, method="higher")),
+            "boot_std": float(finite.std(ddof=1)) if len(finite) > 1 else math.nan,
+            "reached": float(len(finite) / n_boot), "n_seeds": len(grid)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The toy problem (paper §2): intrinsic dimension exactly 10
+# ---------------------------------------------------------------------------------------------
+
+class ToyBlockSums(nn.Module):
+    """θ ∈ R^D (standard Gaussian init from `seed`), cut into `n_blocks` equal blocks.
+
+    forward() returns the n_blocks block sums; the task asks them to equal 1, 2, ..., n_blocks
+    (`targets`). Those are n_blocks linear constraints, so the solutions form a plane of
+    dimension D − n_blocks and the intrinsic dimension is n_blocks.
+    """
+
+    def __init__(self, D: int = 1000, n_blocks: int = 10, seed: int = 0):
+        super().__init__()
+        if n_blocks < 1 or D % n_blocks:
+            raise ValueError(f"D={D} must split into n_blocks={n_blocks} equal blocks: pick D a multiple of n_blocks")
+        self.n_blocks = n_blocks
+        self.theta = nn.Parameter(torch.randn(D, generator=torch.Generator().manual_seed(seed)))
+        self.register_buffer("targets", torch.arange(1, n_blocks + 1, dtype=torch.float32))
+
+    def forward(self) -> torch.Tensor:
+        return self.theta.view(self.n_blocks, -1).sum(1)
+
+    def loss(self, sums: torch.Tensor) -> torch.Tensor:
+        """Squared error of the block sums; the paper's performance is exp(−loss)."""
+        return ((sums - self.targets) ** 2).sum()
+
+
+def solve_toy(d: int, seed: int = 0, *, D: int = 1000, n_blocks: int = 10, projection: str = "dense",
+              optimizer: str = "lbfgs", steps: int = 200, lr: float | None = None) -> dict:
+    """Train θ^(d) of `SubspaceModel(ToyBlockSums(D, n_blocks, seed), d, projection, seed)` on the toy loss.
+
+    The loss is quadratic in θ^(d): ‖A θ^(d) − b‖² with A = S P (S sums blocks; 10 × d), and a random
+    A is often badly conditioned. optimizer="lbfgs" (default; up to `steps` iterations of
+    torch.optim.LBFGS with strong-Wolfe line search, lr 1) converges on it; "adam" (lr default 0.05,
+    `steps` steps) is there to show that first-order steps crawl along the ill-conditioned directions.
+    Returns dict: d, seed, optimizer, loss, performance = exp(−loss).
+    """
+    if optimizer not in ("lbfgs", "adam"):
+        raise ValueError(f"unknown optimizer {optimizer!r}: choose 'lbfgs' or 'adam'")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    toy = ToyBlockSums(D, n_blocks, seed)
+    model = SubspaceModel(toy, d, projection=projection, seed=seed)
+    if optimizer == "lbfgs":
+        opt = torch.optim.LBFGS([model.theta_d], lr=lr or 1.0, max_iter=steps, history_size=max(20, d),
+                                tolerance_grad=1e-10, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = toy.loss(model())
+            loss.backward()
+            return loss
+        opt.step(closure)  # runs up to `steps` iterations, stops early once converged
+    else:
+        opt = torch.optim.Adam([model.theta_d], lr=lr or 0.05)
+        for _ in range(steps):
+            opt.zero_grad()
+            toy.loss(model()).backward()
+            opt.step()
+    with torch.no_grad():
+        loss = float(toy.loss(model()))
+    return {"d": d, "seed": seed, "optimizer": optimizer, "loss": loss, "performance": math.exp(-loss)}
+
+
+def toy_sweep(ds: Iterable[int], seeds: Iterable[int] = range(5), progress: bool = True, **kwargs) -> pd.DataFrame:
+    """`solve_toy` for every d × seed; one row each (kwargs go to solve_toy)."""
+    runs = [(d, s) for d in _as_list(ds, "ds") for s in _as_list(seeds, "seeds")]
+    return pd.DataFrame([solve_toy(d, s, **kwargs) for d, s in tqdm(runs, desc="toy", disable=not progress)])
