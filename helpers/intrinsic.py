@@ -193,7 +193,7 @@ def solve_toy(d: int, seed: int = 0, *, D: int = 1000, n_blocks: int = 10, proje
     A is often badly conditioned. optimizer="lbfgs" (default; up to `steps` iterations of
     torch.optim.LBFGS with strong-Wolfe line search, lr 1) converges on it; "adam" (lr default 0.05,
     `steps` steps) is there to show that first-order steps crawl along the ill-conditioned directions.
-    Returns dict: d, seed, optimizer, loss, performance = exp(−loss).
+    Returns dict: d, seed, optimizer, iterations (optimiser steps taken), loss, performance = exp(−loss).
     """
     if optimizer not in ("lbfgs", "adam"):
         raise ValueError(f"unknown optimizer {optimizer!r}: choose 'lbfgs' or 'adam'")
@@ -211,15 +211,18 @@ def solve_toy(d: int, seed: int = 0, *, D: int = 1000, n_blocks: int = 10, proje
             loss.backward()
             return loss
         opt.step(closure)  # runs up to `steps` iterations, stops early once converged
+        iterations = opt.state[model.theta_d]["n_iter"]
     else:
         opt = torch.optim.Adam([model.theta_d], lr=lr or 0.05)
         for _ in range(steps):
             opt.zero_grad()
             toy.loss(model()).backward()
             opt.step()
+        iterations = steps
     with torch.no_grad():
         loss = float(toy.loss(model()))
-    return {"d": d, "seed": seed, "optimizer": optimizer, "loss": loss, "performance": math.exp(-loss)}
+    return {"d": d, "seed": seed, "optimizer": optimizer, "iterations": iterations, "loss": loss,
+            "performance": math.exp(-loss)}
 
 
 def toy_sweep(ds: Iterable[int], seeds: Iterable[int] = range(5), progress: bool = True, **kwargs) -> pd.DataFrame:
