@@ -11,7 +11,9 @@ signed 8-bit dynamic map (`DYNAMIC_CODES`). Then a parameter costs 4 + 8/64 + 32
 
 The format is bitsandbytes' (`quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=...)`):
 the same levels, nibble order, tie rule (a value exactly on a midpoint takes the lower level) and
-arithmetic, so the packed codes agree byte for byte; tests/test_quant.py measures the agreement.
+arithmetic, so the packed codes agree byte for byte; tests/test_quant.py measures the agreement. The 8-bit
+constants are rounded to the exact nearest level, as bitsandbytes' CUDA and pure-PyTorch kernels do; its CPU C
+kernel (0.50) rounds through a 65,536-entry lookup table instead and lands one level off for ~0.2 % of them.
 
 Layers: `LinearNF4` is a frozen linear layer whose weight lives as an `NF4Tensor` and is dequantised on
 every forward; `QLoRALinear` is `helpers.lora.LoRALinear` over a `LinearNF4` base (the LoRA branch is
@@ -182,7 +184,7 @@ def _check_weight(w) -> None:
                          "find where training diverged, or replace them (torch.nan_to_num) before quantising")
 
 
-def _check_quant_args(block_size, double_quant, dq_block_size) -> int:
+def _check_quant_args(block_size, double_quant, dq_block_size) -> int | None:
     """Validate the settings; returns the double-quant block size to use (None without double quant)."""
     _check_power_of_two("block_size", block_size, "QLoRA uses block_size=64")
     if not isinstance(double_quant, bool):
