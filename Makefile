@@ -34,8 +34,9 @@ test: $(STAMP) ## unit tests, then every notebook under nbval (outputs compared 
 lab: $(STAMP) ## open the series in JupyterLab
 	$(PY) -m jupyter lab notebooks/01_peft_motivation.ipynb
 
-bench: $(STAMP) ## run every benchmark in benchmarks/ and print the ratios it measured
-	@shopt -s nullglob; for b in benchmarks/*.py; do echo "== $$b"; $(PY) "$$b" || exit 1; done
+bench: $(STAMP) ## run every benchmark in benchmarks/, then write benchmarks/RESULTS.md (about 15 minutes)
+	@for b in $(filter-out benchmarks/report.py,$(wildcard benchmarks/*.py)); do echo "== $$b"; $(PY) "$$b" || exit 1; done
+	$(PY) benchmarks/report.py
 
 clean: ## remove .venv, caches and saved adapters (notebooks and data stay)
 	rm -rf $(VENV) .pytest_cache adapters helpers/__pycache__ tests/__pycache__ *.egg-info
