@@ -35,7 +35,7 @@ lab: $(STAMP) ## open the series in JupyterLab
 	$(PY) -m jupyter lab notebooks/01_peft_motivation.ipynb
 
 bench: $(STAMP) ## run every benchmark in benchmarks/, then write benchmarks/RESULTS.md (about 15 minutes)
-	@for b in $(filter-out benchmarks/report.py,$(wildcard benchmarks/*.py)); do echo "== $$b"; $(PY) "$$b" || exit 1; done
+	@for b in $(filter-out benchmarks/report.py benchmarks/_%,$(wildcard benchmarks/*.py)); do echo "== $$b"; $(PY) "$$b" || exit 1; done
 	$(PY) benchmarks/report.py
 
 clean: ## remove .venv, caches and saved adapters (notebooks and data stay)

@@ -12,9 +12,7 @@ import copy
 import json
 import logging
 import platform
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _timing import interleaved  # noqa: E402
 from helpers.lora import add_lora, merge_and_unload, merge_lora  # noqa: E402
 from helpers.models import mlp  # noqa: E402
 
@@ -40,19 +39,6 @@ def train_step(model, opt, X, y):
     opt.step()
 
 
-def interleaved(fns: dict, calls: int) -> dict[str, float]:
-    """Median seconds per call of each fn; each repeat times every fn once, in alternating order."""
-    times = {name: [] for name in fns}
-    names = list(fns)
-    for rep in range(REPEATS):
-        for name in (names if rep % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fns[name]()
-            times[name].append((time.perf_counter() - t0) / calls)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def run_case(name, sizes, targets, r, batch):
     import peft
 
@@ -67,7 +53,7 @@ def run_case(name, sizes, targets, r, batch):
         for _ in range(5):
             train_step(m, opts[m], X, y)
     step = interleaved({"ours": lambda: train_step(ours, opts[ours], X, y),
-                        "peft": lambda: train_step(theirs, opts[theirs], X, y)}, STEPS)
+                        "peft": lambda: train_step(theirs, opts[theirs], X, y)}, STEPS, REPEATS)
 
     merged = merge_lora(copy.deepcopy(ours))
     unloaded = merge_and_unload(copy.deepcopy(ours))
@@ -78,7 +64,7 @@ def run_case(name, sizes, targets, r, batch):
         fns = {k: (lambda m=m: m(X)) for k, m in models.items()}
         for f in fns.values():
             f()
-        infer = interleaved(fns, FORWARDS)
+        infer = interleaved(fns, FORWARDS, REPEATS)
     return {"case": name, "sizes": list(sizes), "targets": targets, "r": r, "batch": batch,
             "step_ours_ms": step["ours"] * 1e3, "step_peft_ms": step["peft"] * 1e3,
             "step_ratio_ours_over_peft": step["ours"] / step["peft"],

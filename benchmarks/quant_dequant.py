@@ -20,12 +20,12 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _timing import interleaved  # noqa: E402
 from helpers.quant import dequantize_nf4, import_bitsandbytes, quantize_nf4  # noqa: E402
 
 CASES = [  # name, weight shape (d_out, d_in)
@@ -36,19 +36,6 @@ CASES = [  # name, weight shape (d_out, d_in)
 ]
 REPEATS = 21
 OUT = Path(__file__).with_suffix(".json")
-
-
-def interleaved(fns: dict, calls: int) -> dict[str, float]:
-    """Median seconds per call of each fn; each repeat times every fn once, in alternating order."""
-    times = {name: [] for name in fns}
-    names = list(fns)
-    for rep in range(REPEATS):
-        for name in (names if rep % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fns[name]()
-            times[name].append((time.perf_counter() - t0) / calls)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def bnb_nbytes(packed, state) -> int:
@@ -66,7 +53,7 @@ def run_case(bnb, name, shape, double_quant):
     fns = {"ours": lambda: dequantize_nf4(ours), "bnb": lambda: bnb.dequantize_4bit(packed, state)}
     for f in fns.values():
         f()
-    t = interleaved(fns, calls)
+    t = interleaved(fns, calls, REPEATS)
     same = (dequantize_nf4(ours) == bnb.dequantize_4bit(packed, state).view(shape)).float().mean().item()
     return {"case": name, "shape": list(shape), "double_quant": double_quant, "numel": w.numel(),
             "bits_per_param_ours": ours.bits_per_param, "bits_per_param_bnb": 8 * bnb_nbytes(packed, state) / w.numel(),
