@@ -25,7 +25,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-run: $(STAMP) ## execute every notebook in order, headless, in place (about 10 minutes on 2 CPU cores)
+run: $(STAMP) ## execute every notebook in order, headless, in place (about 4 minutes on 2 CPU cores)
 	@for nb in $(NOTEBOOKS); do echo "== $$nb"; $(PY) $(EXECUTE) "$$nb" || exit 1; done
 
 test: $(STAMP) ## unit tests, then every notebook under nbval (outputs compared with the committed ones)
