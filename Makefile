@@ -34,7 +34,7 @@ test: $(STAMP) ## unit tests, then every notebook under nbval (outputs compared 
 lab: $(STAMP) ## open the series in JupyterLab
 	$(PY) -m jupyter lab notebooks/01_peft_motivation.ipynb
 
-bench: $(STAMP) ## run every benchmark in benchmarks/, then write benchmarks/RESULTS.md (about 15 minutes)
+bench: $(STAMP) ## run every benchmark in benchmarks/, then write benchmarks/RESULTS.md (about 8 minutes)
 	@for b in $(filter-out benchmarks/report.py benchmarks/_%,$(wildcard benchmarks/*.py)); do echo "== $$b"; $(PY) "$$b" || exit 1; done
 	$(PY) benchmarks/report.py
 
