@@ -71,8 +71,8 @@ def load_mnist(subset: str = "5k", data_dir: str | Path | None = None, download:
 
 def _load_5k(path: Path) -> Split:
     if not path.is_file():
-        raise ValueError(f"{path} is missing: it is part of the repository; restore it with "
-                         f"`git checkout -- data/{MNIST_5K_FILE}` (or rebuild it as data/README.md shows)")
+        raise ValueError(f"{path} is missing: it is part of the repository (data/{MNIST_5K_FILE}); restore it with "
+                         f"`git checkout -- data/{MNIST_5K_FILE}`, or pass data_dir= the folder that holds it")
     digest = sha256(path)
     if digest != MNIST_5K_SHA256:
         raise ValueError(f"{path} is corrupted or truncated: SHA-256 {digest[:16]}... != expected "
@@ -144,6 +144,10 @@ def _download(name: str, folder: Path) -> None:
 
 def select_classes(X: torch.Tensor, y: torch.Tensor, classes) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep only the rows whose label is in `classes`, relabelled 0..len(classes)-1 in the given order."""
+    if y.dtype != torch.int64:
+        raise ValueError(f"labels y must be int64 class indices, got dtype {y.dtype}: pass y.long()")
+    if len(X) != len(y):
+        raise ValueError(f"X has {len(X)} rows but y has {len(y)} labels: pass matching images and labels")
     classes = list(classes)
     if not classes or any(c not in range(10) for c in classes) or len(set(classes)) != len(classes):
         raise ValueError(f"classes must be distinct digits 0..9, got {classes}")

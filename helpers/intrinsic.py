@@ -51,6 +51,9 @@ def sweep(X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.
     loss, seconds, test_acc per epoch — what the notebook's widget draws).
     """
     ds, seeds, projections = _as_list(ds, "ds"), _as_list(seeds, "seeds"), _as_list(projections, "projections")
+    bad = [d for d in ds if isinstance(d, bool) or not isinstance(d, int) or d < 1]
+    if bad:
+        raise ValueError(f"d must be a positive integer, got {bad[0]!r} in ds={ds}: use d >= 1, e.g. ds=[10, 100, 1000]")
     for p in projections:
         if p not in PROJECTIONS:
             raise ValueError(f"unknown projection {p!r}: choose from {sorted(PROJECTIONS)}")
@@ -125,6 +128,12 @@ def dint90(table: pd.DataFrame, baseline: float | Sequence[float], rule: str = "
     """
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}: choose 'relative' (90% of baseline) or 'absolute' (0.90 accuracy)")
+    if not 0 < level <= 1:
+        raise ValueError(f"level must be a fraction in (0, 1], got {level!r}: pass 0.90, not 90")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot={n_boot!r} is not a number of bootstrap samples: use an integer >= 1, e.g. n_boot=1000")
+    if len(table) == 0:
+        raise ValueError("table has no rows (filtered on a misspelled projection?): pass a table from sweep()")
     if metric not in table.columns:
         raise ValueError(f"table has no column {metric!r}: pass a table from sweep() or metric= one of {list(table.columns)}")
     if "projection" in table.columns and table["projection"].nunique() > 1:

@@ -171,7 +171,7 @@ def _find_targets(model: nn.Module, target_modules, layer_types=(nn.Linear,)) ->
         if not targets:
             raise ValueError("target_modules is empty: pass layer names such as ['fc2', 'fc3']")
     else:
-        if target_modules is None or isinstance(target_modules, (bytes, nn.Module)):
+        if target_modules is None or isinstance(target_modules, (bytes, nn.Module)) or not hasattr(target_modules, "__iter__"):
             raise ValueError(f"target_modules must be a list of layer names (or one regex string), got "
                              f"{target_modules!r}; e.g. ['fc2', 'fc3']")
         targets = list(target_modules)
@@ -181,6 +181,12 @@ def _find_targets(model: nn.Module, target_modules, layer_types=(nn.Linear,)) ->
     existing = _linear_names(model, layer_types)
     kinds = "/".join(("nn." if t.__module__.startswith("torch.nn") else "") + t.__name__ for t in layer_types)
     hint = f"{kinds} layers in this model: {', '.join(existing) or 'none'}"
+    if isinstance(targets, str):
+        try:
+            re.compile(targets)
+        except re.error as e:
+            raise ValueError(f"target_modules {targets!r} is not a valid regex ({e}): fix it or pass a list of "
+                             f"layer names; {hint}") from None
     candidates = _candidate_modules(model)
     adapted = [name for name, m in candidates if isinstance(m, LoRALinear) and _matches(targets, name)]
     if adapted:
@@ -389,7 +395,7 @@ def _read_config(directory: Path) -> dict:
         raise ValueError(f"{CONFIG_NAME} uses features helpers.lora does not implement ({listed}); "
                          "load this adapter with peft.PeftModel.from_pretrained instead")
     targets = config["target_modules"]
-    if isinstance(targets, list) and not all(isinstance(t, str) for t in targets):
+    if not isinstance(targets, (str, list)) or (isinstance(targets, list) and not all(isinstance(t, str) for t in targets)):
         raise ValueError(f"target_modules in {CONFIG_NAME} must be layer names, got {targets!r}; save the adapter again")
     try:
         _check_lora_args(config["r"], config["lora_alpha"], config["lora_dropout"], config["use_rslora"])

@@ -11,6 +11,7 @@ Conventions (bytes per parameter; activations are never included — they depend
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -47,6 +48,10 @@ def training_memory(n_params: float, n_trainable: float | None = None, precision
     (default fp32 for "fp32", bf16 for "mixed"; "nf4"/"nf4-dq" for QLoRA). Optimizer states are fp32.
     """
     n_trainable = n_params if n_trainable is None else n_trainable
+    for name, value in (("n_params", n_params), ("n_trainable", n_trainable)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name}={value!r} is not a finite number of parameters: pass a number >= 0 such as "
+                             "7e9 (not a string like '7B')")
     if n_params < 0 or n_trainable < 0:
         raise ValueError(f"parameter counts must be >= 0, got n_params={n_params}, n_trainable={n_trainable}")
     if n_trainable > n_params:
@@ -68,7 +73,8 @@ def lora_params(d_model: int, n_layers: int, r: int, matrices_per_layer: int = 2
     """LoRA parameters for rank-r adapters on `matrices_per_layer` d_model x d_model weights per layer:
     r·(d_in + d_out) each."""
     if min(d_model, n_layers, r, matrices_per_layer) < 1:
-        raise ValueError("d_model, n_layers, r and matrices_per_layer must all be >= 1")
+        raise ValueError(f"d_model, n_layers, r and matrices_per_layer must all be >= 1; got d_model={d_model}, "
+                         f"n_layers={n_layers}, r={r}, matrices_per_layer={matrices_per_layer}")
     return n_layers * matrices_per_layer * r * 2 * d_model
 
 
