@@ -8,35 +8,87 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 EXECUTE := -m jupyter nbconvert --to notebook --execute --inplace \
            --ExecutePreprocessor.timeout=1200 --ExecutePreprocessor.kernel_name=python3 \
            --ExecutePreprocessor.record_timing=False
+NBVAL := -m pytest notebooks --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+         -p no:cacheprovider -q
+# PyTorch's CPU-only wheels. On Linux, PyPI's torch is the CUDA build (~530 MB + ~2 GB of CUDA
+# libraries); `make setup` takes torch from here when it answers, else from pip's own configuration.
+# TORCH_INDEX= (empty) always uses pip's configuration.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# "Another CPU": the kernels' portable code paths. ATen's default (no AVX2/AVX-512) kernels, MKL capped
+# at SSE4.2, oneDNN capped at SSE4.1. `make test` runs the notebooks under nbval here too.
+OTHER_CPU := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41
+LAB_PORT ?= 8888
+LAB_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lab bench clean
+.PHONY: help setup run test test-unit test-notebooks test-notebooks-other-cpu lab bench drift clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-26s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv: CPU torch first, then requirements.txt, then helpers (editable); no-op when up to date
 
-$(STAMP): requirements.txt pyproject.toml
+# The stamp is written last: a failed or interrupted install is never marked as installed.
+$(STAMP): requirements.txt pyproject.toml jupyter/overrides.json
+	@rm -f $(STAMP)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$$(grep -E '^torch==' requirements.txt)"
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --upgrade pip || { echo "make setup: pip could not upgrade itself."; \
+	  echo "  No network? Connect (or configure pip's proxy / a local index) and run 'make setup' again."; exit 1; }
+	@torch_pin="$$(grep -E '^torch==' requirements.txt)"; \
+	if [ -n "$(TORCH_INDEX)" ] && [ "$$(uname -s)" = Linux ] && \
+	   $(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/', timeout=5)" 2>/dev/null; then \
+	  echo "$$torch_pin: CPU-only build from $(TORCH_INDEX)"; \
+	  cmd=($(PY) -m pip install --quiet --index-url "$(TORCH_INDEX)" "$$torch_pin"); \
+	else \
+	  [ "$$(uname -s)" = Linux ] && [ -n "$(TORCH_INDEX)" ] && \
+	    echo "note: $(TORCH_INDEX) did not answer; installing $$torch_pin from pip's configured index" \
+	         "(on PyPI for Linux that is the CUDA build, several GB; see README, Quickstart)"; \
+	  cmd=($(PY) -m pip install --quiet "$$torch_pin"); \
+	fi; \
+	echo "$${cmd[*]}"; "$${cmd[@]}" || { echo "make setup: could not install $$torch_pin (see pip's message above)."; \
+	  echo "  No network? Connect and run 'make setup' again. Behind a proxy: set HTTPS_PROXY."; exit 1; }
+	$(PY) -m pip install --quiet -r requirements.txt || { echo "make setup: could not install requirements.txt" \
+	  "(see pip's message above). No network? Connect and run 'make setup' again."; exit 1; }
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
 
 run: $(STAMP) ## execute every notebook in order, headless, in place (about 4 minutes on 2 CPU cores)
 	@for nb in $(NOTEBOOKS); do echo "== $$nb"; $(PY) $(EXECUTE) "$$nb" || exit 1; done
 
-test: $(STAMP) ## unit tests, then every notebook under nbval (outputs compared with the committed ones)
-	$(PY) -m pytest tests notebooks --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+test: test-unit ## unit tests, then every notebook under nbval on this CPU's kernels and, at the same time, on the portable path
+	@echo "== notebooks under nbval, two runs side by side: [this CPU] and [other CPU path] ($(OTHER_CPU))"
+	@(set -o pipefail; $(MAKE) --no-print-directory test-notebooks 2>&1 | sed -u 's/^/[this CPU] /') & here=$$!; \
+	sleep 10; (set -o pipefail; $(MAKE) --no-print-directory test-notebooks-other-cpu 2>&1 | sed -u 's/^/[other CPU path] /') & other=$$!; \
+	wait $$here; a=$$?; wait $$other; b=$$?; \
+	[ $$a = 0 ] && [ $$b = 0 ] || { echo "make test: nbval failed on [this CPU]: exit $$a, [other CPU path]: exit $$b"; exit 1; }
 
-lab: $(STAMP) ## open the series in JupyterLab
-	$(PY) -m jupyter lab notebooks/01_peft_motivation.ipynb
+test-unit: $(STAMP) ## unit, robustness and hygiene tests of helpers/ and the committed notebooks
+	$(PY) -m pytest tests -p no:cacheprovider -q
+
+test-notebooks: $(STAMP) ## every notebook re-executed under nbval, outputs compared with the committed ones
+	$(PY) $(NBVAL)
+
+test-notebooks-other-cpu: $(STAMP) ## the same with the CPU kernels on their portable paths, standing in for another CPU
+	@$(OTHER_CPU) $(PY) -c "import torch; c = torch.backends.cpu.get_cpu_capability(); \
+	  assert c == 'DEFAULT', c; print('ATen CPU kernels:', c)"
+	$(OTHER_CPU) $(PY) $(NBVAL)
+
+lab: $(STAMP) ## open the series in JupyterLab (LAB_PORT=8888; LAB_ARGS="--no-browser" passes options through)
+	@$(PY) -c "import socket, sys; s = socket.socket(); \
+	  sys.exit(s.connect_ex(('127.0.0.1', $(LAB_PORT))) == 0)" || { \
+	  echo "make lab: port $(LAB_PORT) is already in use (another Jupyter server?)."; \
+	  echo "  Open that server, stop it, or pick another port: make lab LAB_PORT=8890"; exit 1; }
+	$(PY) -m jupyter lab --ServerApp.root_dir="$(CURDIR)" --port=$(LAB_PORT) --ServerApp.port_retries=0 \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS) notebooks/01_peft_motivation.ipynb
 
 bench: $(STAMP) ## run every benchmark in benchmarks/, then write benchmarks/RESULTS.md (about 8 minutes)
-	@for b in $(filter-out benchmarks/report.py benchmarks/_%,$(wildcard benchmarks/*.py)); do echo "== $$b"; $(PY) "$$b" || exit 1; done
+	@for b in $(filter-out benchmarks/report.py benchmarks/kernel_drift.py benchmarks/_%,$(wildcard benchmarks/*.py)); do echo "== $$b"; $(PY) "$$b" || exit 1; done
 	$(PY) benchmarks/report.py
+
+drift: $(STAMP) ## every notebook on this CPU's kernels and on the portable path: what moves (benchmarks/kernel_drift.md)
+	$(PY) benchmarks/kernel_drift.py
 
 clean: ## remove .venv, caches and saved adapters (notebooks and data stay)
 	rm -rf $(VENV) .pytest_cache adapters helpers/__pycache__ tests/__pycache__ *.egg-info

@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from helpers.models import mlp
 from helpers.subspace import PROJECTIONS, SubspaceModel
-from helpers.training import evaluate, train
+from helpers.training import evaluate, progress_bar, train
 
 RULES = ("relative", "absolute")
 
@@ -60,8 +59,8 @@ def sweep(X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.
     model_fn = model_fn or (lambda seed: mlp(seed=seed))
     runs = [(p, d, s) for p in projections for d in ds for s in seeds]
     rows = []
-    bar = tqdm(runs, desc="sweep", disable=not progress)
-    for projection, d, seed in bar:
+    bar = progress_bar(len(runs), "sweep", progress)
+    for projection, d, seed in runs:
         bar.set_postfix(projection=projection, d=d, seed=seed)
         t0 = time.perf_counter()
         model = SubspaceModel(model_fn(seed), d, projection=projection, seed=seed)
@@ -70,6 +69,8 @@ def sweep(X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.
         rows.append({"projection": projection, "d": d, "seed": seed, "D": model.D,
                      "train_acc": evaluate(model, X, y), "test_acc": history["test_acc"][-1],
                      "seconds": time.perf_counter() - t0, "history": history})
+        bar.update(1)
+    bar.close()
     return pd.DataFrame(rows)
 
 
@@ -81,7 +82,8 @@ def baseline(X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: tor
     seeds = _as_list(seeds, "seeds")
     model_fn = model_fn or (lambda seed: mlp(seed=seed))
     rows = []
-    for seed in tqdm(seeds, desc="baseline", disable=not progress):
+    bar = progress_bar(len(seeds), "baseline", progress)
+    for seed in seeds:
         t0 = time.perf_counter()
         model = model_fn(seed)
         history = train(model, X, y, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
@@ -90,6 +92,8 @@ def baseline(X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: tor
         rows.append({"projection": "direct", "d": D, "seed": seed, "D": D,
                      "train_acc": evaluate(model, X, y), "test_acc": history["test_acc"][-1],
                      "seconds": time.perf_counter() - t0, "history": history})
+        bar.update(1)
+    bar.close()
     return pd.DataFrame(rows)
 
 
@@ -237,4 +241,9 @@ def solve_toy(d: int, seed: int = 0, *, D: int = 1000, n_blocks: int = 10, proje
 def toy_sweep(ds: Iterable[int], seeds: Iterable[int] = range(5), progress: bool = True, **kwargs) -> pd.DataFrame:
     """`solve_toy` for every d × seed; one row each (kwargs go to solve_toy)."""
     runs = [(d, s) for d in _as_list(ds, "ds") for s in _as_list(seeds, "seeds")]
-    return pd.DataFrame([solve_toy(d, s, **kwargs) for d, s in tqdm(runs, desc="toy", disable=not progress)])
+    bar, rows = progress_bar(len(runs), "toy", progress), []
+    for d, s in runs:
+        rows.append(solve_toy(d, s, **kwargs))
+        bar.update(1)
+    bar.close()
+    return pd.DataFrame(rows)

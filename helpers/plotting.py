@@ -45,3 +45,20 @@ def decision_boundary(model, X: torch.Tensor, y: torch.Tensor, ax=None, title: s
     ax.scatter(X[:, 0], X[:, 1], c=[PALETTE[int(c)] for c in y], s=6)
     ax.set(title=title, xlabel="$x_1$", ylabel="$x_2$", xticks=[], yticks=[])
     return ax
+
+
+def show_interactive(function, note: str = "interactive: run the notebook to use it", **controls):
+    """Display `ipywidgets.interactive(function, **controls)` with a short plain-text stand-in.
+
+    A saved notebook keeps a widget's text/plain next to its view; without a kernel (GitHub, nbviewer)
+    that text is all a reader sees, so it says what to do instead of dumping the widget's repr.
+    Returns the interactive widget.
+    """
+    import ipywidgets
+    from IPython.display import display
+
+    widget = ipywidgets.interactive(function, **controls)
+    display({"text/plain": note,
+             "application/vnd.jupyter.widget-view+json": {"version_major": 2, "version_minor": 0,
+                                                          "model_id": widget.model_id}}, raw=True)
+    return widget

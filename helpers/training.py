@@ -5,13 +5,72 @@ passed in `params`), so full fine-tuning, LoRA, BitFit and subspace training all
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return type(get_ipython()).__name__ == "ZMQInteractiveShell"
+
+
+class _NotebookBar:
+    """A one-line text bar that a notebook updates in place (IPython display_id).
+
+    Unlike a widget bar, what the saved notebook keeps is the bar's last state ("33/33 … done"),
+    readable on GitHub and identical in JupyterLab, and it needs no widget state.
+    """
+
+    def __init__(self, total: int, desc: str, min_interval: float = 0.5):
+        from IPython.display import display
+        self.total, self.desc, self.n, self.postfix = total, desc, 0, ""
+        self.min_interval, self.t0 = min_interval, time.perf_counter()
+        self.last = -math.inf
+        self.handle = display({"text/plain": self.line()}, raw=True, display_id=True)
+
+    def line(self, done: bool = False) -> str:
+        width = 24
+        filled = width if not self.total else min(width, width * self.n // self.total)
+        status = f"done in {time.perf_counter() - self.t0:.0f} s" if done else f"{time.perf_counter() - self.t0:.0f} s"
+        return (f"{self.desc}: {'█' * filled}{'·' * (width - filled)} {self.n}/{self.total} [{status}]"
+                + (f" {self.postfix}" if self.postfix else ""))
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if force or now - self.last >= self.min_interval:
+            self.handle.update({"text/plain": self.line()}, raw=True)
+            self.last = now
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.refresh()
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+        self.refresh()
+
+    def close(self) -> None:
+        self.handle.update({"text/plain": self.line(done=True)}, raw=True)
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True):
+    """A progress bar with update(n), set_postfix(**kw) and close().
+
+    In a notebook: one text line updated in place that ends in its finished state (what a saved
+    notebook shows). Elsewhere: tqdm on stderr. enabled=False: a silent bar.
+    """
+    if enabled and _in_notebook():
+        return _NotebookBar(total, desc)
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
 def set_seed(seed: int) -> None:
@@ -66,7 +125,7 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 1
         history["test_acc"] = []
     step, seconds, running = 0, 0.0, []
     model.train()
-    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(epochs * steps_per_epoch, desc, progress)
     for epoch in range(epochs):
         order = torch.randperm(len(X), generator=gen)
         for i in range(0, len(X), batch_size):

@@ -37,3 +37,21 @@ def test_no_local_paths_in_outputs(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_under_two_megabytes(path):
     assert path.stat().st_size < 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_kernelspec_is_the_one_jupyterlab_writes(path):
+    # JupyterLab rewrites any other display_name on open, marking the notebook modified.
+    kernelspec = json.loads(path.read_text())["metadata"]["kernelspec"]
+    assert kernelspec == {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_outputs_read_well_without_a_kernel(path):
+    for c in code_cells(path):
+        for o in c["outputs"]:
+            text = "".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", ""))
+            assert not text.startswith("interactive(children="), f"cell {c['execution_count']}: a widget's repr"
+            if "application/vnd.jupyter.widget-view+json" in o.get("data", {}):
+                assert text.startswith("interactive: run the notebook"), f"cell {c['execution_count']}: {text[:80]!r}"
+            assert not re.search(r"\b0%\|.*\?it/s", text), f"cell {c['execution_count']}: an unfinished progress bar"
