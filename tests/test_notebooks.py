@@ -55,3 +55,13 @@ def test_outputs_read_well_without_a_kernel(path):
             if "application/vnd.jupyter.widget-view+json" in o.get("data", {}):
                 assert text.startswith("interactive: run the notebook"), f"cell {c['execution_count']}: {text[:80]!r}"
             assert not re.search(r"\b0%\|.*\?it/s", text), f"cell {c['execution_count']}: an unfinished progress bar"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_nbval_markers_are_exact(path):
+    # nbval honours a marker only when it is the whole comment: "# NBVAL_IGNORE_OUTPUT (why)" is silently ignored
+    for c in code_cells(path):
+        for line in "".join(c["source"]).splitlines():
+            if "NBVAL_" in line:
+                assert line.strip().lstrip("#").strip() in {"NBVAL_IGNORE_OUTPUT", "NBVAL_SKIP", "NBVAL_CHECK_OUTPUT",
+                                                            "NBVAL_RAISES_EXCEPTION"}, line
