@@ -54,7 +54,7 @@ $(STAMP): requirements.txt pyproject.toml jupyter/overrides.json
 	cp jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
 
-run: $(STAMP) ## execute every notebook in order, headless, in place (about 4 minutes on 2 CPU cores)
+run: $(STAMP) ## execute every notebook in order, headless, in place (about 10 minutes on a 2-core CPU)
 	@for nb in $(NOTEBOOKS); do echo "== $$nb"; $(PY) $(EXECUTE) "$$nb" || exit 1; done
 
 test: test-unit ## unit tests, then every notebook under nbval on this CPU's kernels and, at the same time, on the portable path
