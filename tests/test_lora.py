@@ -9,9 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.lora import (LoRALinear, add_lora, count_parameters, load_adapter, merge_and_unload, merge_lora,
-                          print_trainable_parameters, save_adapter, unmerge_lora)
-from helpers.models import mlp
+from helpers.lora import LoRALinear, add_lora, load_adapter, merge_and_unload, merge_lora, save_adapter, unmerge_lora
+from helpers.models import count_parameters, mlp, print_trainable_parameters
 
 SIZES = (6, 32, 24, 16, 3)  # fc1 6->32, fc2 32->24, fc3 24->16, head 16->3
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from helpers import lora
-from helpers.models import mlp
+from helpers.models import count_parameters, mlp
 from helpers.quant import (DYNAMIC_CODES, NF4_CODES, LinearNF4, NF4Tensor, QLoRALinear, add_qlora,
                            dequantize_nf4, import_bitsandbytes, pack_nibbles, quantize_int, quantize_model,
                            quantize_nf4, storage_bytes, unpack_nibbles)
@@ -241,7 +241,7 @@ def test_add_qlora_adapts_targets_and_freezes_the_rest(x):
     add_qlora(model, ["fc1", "fc2"], r=4, alpha=8)
     assert isinstance(model.fc1, QLoRALinear) and isinstance(model.fc2, QLoRALinear)
     assert isinstance(model.head, nn.Linear)
-    trainable, _ = lora.count_parameters(model)
+    trainable, _ = count_parameters(model)
     assert trainable == 4 * (100 + 64) + 4 * (64 + 48)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == [
         "fc1.lora_A.weight", "fc1.lora_B.weight", "fc2.lora_A.weight", "fc2.lora_B.weight"]
