@@ -1,4 +1,4 @@
-"""LoRA from scratch: the layer, model surgery, merging, parameter counts, and adapters in PEFT's file layout.
+"""LoRA from scratch: the layer, model surgery, merging, and adapters in PEFT's file layout.
 
 Notation (the series'): a frozen layer computes W₀x + b with W₀ ∈ R^{d_out×d_in}. LoRA adds a trainable
 low-rank update ΔW = B A with A ∈ R^{r×d_in} (Kaiming-uniform, a=√5) and B ∈ R^{d_out×r} (zeros), so
