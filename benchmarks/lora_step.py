@@ -2,7 +2,7 @@
 
 Prints, per case, (1) our training step ÷ peft's training step (goal ≤ 1.0) and (2) inference of our
 merged model ÷ inference of the base model (goal ≤ 1.02), and writes the numbers to benchmarks/lora_step.json.
-A training step is forward + cross-entropy + backward + Adam step, exactly as helpers.training.train does it.
+A training step is helpers.training.training_step (forward + cross-entropy + backward + Adam step), the one train takes.
 Timings are interleaved (ours, peft's, ours, ... in alternating order) and summarised by the median, on one
 thread so that the other core's load disturbs less. Nothing here asserts a timing.
 """
@@ -17,12 +17,12 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _timing import interleaved  # noqa: E402
 from helpers.lora import add_lora, merge_and_unload, merge_lora  # noqa: E402
 from helpers.models import mlp  # noqa: E402
+from helpers.training import training_step  # noqa: E402
 
 CASES = [  # name, MLP sizes, adapted layers, r, batch
     ("notebook 02 MLP", (2, 256, 256, 256, 256, 2), ["fc2", "fc3", "fc4"], 8, 256),
@@ -30,13 +30,6 @@ CASES = [  # name, MLP sizes, adapted layers, r, batch
 ]
 REPEATS, STEPS, FORWARDS = 21, 20, 50
 OUT = Path(__file__).with_suffix(".json")
-
-
-def train_step(model, opt, X, y):
-    loss = nn.functional.cross_entropy(model(X), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
 
 
 def run_case(name, sizes, targets, r, batch):
@@ -51,9 +44,9 @@ def run_case(name, sizes, targets, r, batch):
     for m in (ours, theirs):  # warm-up: allocator, Adam state
         m.train()
         for _ in range(5):
-            train_step(m, opts[m], X, y)
-    step = interleaved({"ours": lambda: train_step(ours, opts[ours], X, y),
-                        "peft": lambda: train_step(theirs, opts[theirs], X, y)}, STEPS, REPEATS)
+            training_step(m, opts[m], X, y)
+    step = interleaved({"ours": lambda: training_step(ours, opts[ours], X, y),
+                        "peft": lambda: training_step(theirs, opts[theirs], X, y)}, STEPS, REPEATS)
 
     merged = merge_lora(copy.deepcopy(ours))
     unloaded = merge_and_unload(copy.deepcopy(ours))

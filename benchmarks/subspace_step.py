@@ -20,6 +20,7 @@ from torch import nn
 
 from helpers.models import mlp
 from helpers.subspace import SubspaceModel
+from helpers.training import training_step
 
 CONFIGS = [("direct", None, None), ("fastfood", 1000, 3.0), ("sparse", 1000, 1.5), ("dense", 500, 4.0)]
 BATCH = 128
@@ -39,7 +40,7 @@ CAUSES = {
 
 
 def make_step(model: nn.Module, X: torch.Tensor, y: torch.Tensor):
-    """One Adam step exactly as helpers.training.train does it (same optimiser call, same loss)."""
+    """One Adam step: helpers.training.training_step, the step train takes."""
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     batches = [torch.randint(0, len(X), (BATCH,), generator=torch.Generator().manual_seed(i)) for i in range(64)]
     state = {"i": 0}
@@ -47,10 +48,7 @@ def make_step(model: nn.Module, X: torch.Tensor, y: torch.Tensor):
     def step():
         idx = batches[state["i"] % len(batches)]
         state["i"] += 1
-        loss = nn.functional.cross_entropy(model(X[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        training_step(model, opt, X[idx], y[idx])
     return step
 
 

@@ -1,5 +1,20 @@
-"""Thin helpers behind the notebooks: one idea per module, plain PyTorch.
+"""Thin helpers behind the notebooks: one idea per module, plain PyTorch. Imports flow one way: notebooks -> helpers.
 
-Modules: data, models, training, memory, plotting (and later lora, quant, subspace, intrinsic).
-Imports flow one way: notebooks -> helpers.
+Which notebook uses which module:
+
+- `data` (01, 02, 03, 04): bundled MNIST 5k, full MNIST on request, `select_classes`, `make_moons`.
+- `models` (01-04): `mlp`, `body`, `with_new_head`, `n_params`, `count_parameters`, `print_trainable_parameters`.
+- `training` (01-04): `train`, `evaluate`, `predict`, `training_step`, `set_seed`, `progress_bar`, `OPTIMIZERS`.
+- `plotting` (01-04): the series' style, `stacked_bars`, `decision_boundary`, `show_interactive`.
+- `memory` (01, 02): the memory formula, `finetune_memory`, `measure_training_memory`, `tensor_bytes`.
+- `lora` (01, 02, 04): `LoRALinear`, `add_lora`, merging, `save_adapter` / `load_adapter`, and the public
+  surgery API `quant` builds on (`find_targets`, `replace_modules`, `freeze_all_but_lora`, ...).
+- `quant` (02): NF4 and double quantisation, `LinearNF4`, `QLoRALinear`, `add_qlora`, `quantize_model`.
+- `subspace` (03, 04): dense / sparse / Fastfood projections, `fwht`, `SubspaceModel`.
+- `intrinsic` (03, 04): `sweep`, `baseline`, `dint90`, the toy problem.
+- `analysis` (04): spectra, LoRA subspace similarity, training-step FLOPs.
+- `checks` (every module): the shared argument checks (ValueError naming the value and the fix).
+
+Contract: a refused call raises ValueError before touching the model, files or any random generator; a helper
+never reseeds the global RNG (a `seed` seeds a local generator, or the work runs inside `torch.random.fork_rng`).
 """

@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from helpers.checks import check_int
+
 
 def _as_matrix(name: str, M: torch.Tensor) -> torch.Tensor:
     if not torch.is_tensor(M) or M.dim() != 2 or min(M.shape) < 1:
@@ -32,6 +34,13 @@ def subspace_similarity(A1: torch.Tensor, A2: torch.Tensor) -> torch.Tensor:
     if A1.shape[1] != A2.shape[1]:
         raise ValueError(f"A1 and A2 must act on the same input size k, got {A1.shape[1]} and {A2.shape[1]}: "
                          "pass the lora_A of the same layer from both adapters")
+    for name, A in (("A1", A1), ("A2", A2)):
+        if A.shape[0] > A.shape[1]:
+            raise ValueError(f"{name} is {A.shape[0]} x {A.shape[1]}, taller than wide: a LoRA A is r x k with r <= k "
+                             "(only k directions exist); pass lora_A.weight, not lora_B or a transpose")
+        if not bool(A.any()):
+            raise ValueError(f"{name} is all zeros: it spans no directions, so φ would be arbitrary; pass a trained "
+                             "(or initialised) lora_A")
     U1, U2 = top_right_singular_vectors(A1), top_right_singular_vectors(A2)
     overlap = (U1.T @ U2) ** 2  # r1 x r2, squared cosines between single directions
     cumulative = overlap.cumsum(0).cumsum(1)  # [i-1, j-1] = ‖U1[:, :i]ᵀ U2[:, :j]‖²_F
@@ -55,7 +64,7 @@ def energy_captured(M: torch.Tensor) -> torch.Tensor:
 
 def effective_rank(M: torch.Tensor, energy: float = 0.9) -> int:
     """Smallest k whose top-k singular directions hold `energy` of ‖M‖²_F."""
-    if not 0 < energy <= 1:
+    if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0 < energy <= 1:
         raise ValueError(f"energy must be in (0, 1], got {energy}")
     return int((energy_captured(M) < energy - 1e-12).sum().item()) + 1
 
@@ -77,9 +86,19 @@ def training_step_flops(sizes, batch: int, method: str = "full", r: dict | int |
       L = 2^⌈log2 d⌉ two Walsh–Hadamard transforms of L·log2 L additions plus 3L multiplies, ⌈D/L⌉ blocks.
     Returns {"model": ..., "extra": ..., "total": ...}.
     """
-    sizes = [int(s) for s in sizes]
-    if len(sizes) < 2 or batch < 1:
-        raise ValueError("sizes needs at least an input and an output width and batch must be >= 1")
+    sizes = list(sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"sizes needs at least an input and an output width, got {sizes}; e.g. (784, 200, 10)")
+    for i, s in enumerate(sizes):
+        check_int(f"sizes[{i}]", s, 1, "sizes=(784, 200, 10)")
+    check_int("batch", batch, 1, "batch=128")
+    if r is not None:
+        for layer, k in (r.items() if isinstance(r, dict) else [(None, r)]):
+            check_int("r" if layer is None else f"r[{layer!r}]", k, 0, "r=8 or {0: 8, 1: 4}")
+    check_int("d", d, 0)
+    if isinstance(r, dict) and not set(r) <= set(range(len(sizes) - 1)):
+        raise ValueError(f"r has layer indices {sorted(r, key=str)}, but the MLP has layers 0..{len(sizes) - 2}: "
+                         "key r by layer index, e.g. {0: 8}")
     if method not in ("full", "lora", "subspace"):
         raise ValueError(f"unknown method {method!r}: choose 'full', 'lora' or 'subspace'")
     layers = list(zip(sizes[:-1], sizes[1:]))

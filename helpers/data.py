@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import math
 import os
 import tempfile
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from helpers.checks import check_number, check_seed
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -151,6 +152,11 @@ def select_classes(X: torch.Tensor, y: torch.Tensor, classes) -> tuple[torch.Ten
     classes = list(classes)
     if not classes or any(c not in range(10) for c in classes) or len(set(classes)) != len(classes):
         raise ValueError(f"classes must be distinct digits 0..9, got {classes}")
+    if y.dim() != 1:
+        raise ValueError(f"labels y must have shape (N,), got {tuple(y.shape)}: pass y.view(-1)")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) > 9):
+        raise ValueError(f"labels y must be digits 0..9, got values from {int(y.min())} to {int(y.max())}: a label "
+                         "of -1 would wrap to the last class; pass MNIST labels as load_mnist returns them")
     lookup = torch.full((10,), -1, dtype=torch.int64)
     lookup[torch.tensor(classes)] = torch.arange(len(classes))
     keep = lookup[y] >= 0
@@ -164,9 +170,15 @@ def make_moons(n: int = 1000, noise: float = 0.1, seed: int = 0, rotation: float
     `rotation` (degrees, counter-clockwise) and `shift` move the task, which makes a related target
     task for fine-tuning: same shape, different place.
     """
-    if n < 2:
-        raise ValueError(f"make_moons needs n >= 2 points, got {n}")
-    g = torch.Generator().manual_seed(seed)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"make_moons needs n >= 2 points, got {n!r}: pass a whole number such as n=1000")
+    check_number("noise", noise, minimum=0, example="noise=0.1")
+    check_number("rotation", rotation, example="rotation=30.0 (degrees)")
+    if not isinstance(shift, (tuple, list)) or len(shift) != 2:
+        raise ValueError(f"shift must be a pair (dx, dy), got {shift!r}; e.g. shift=(0.5, 0.0)")
+    for i, v in enumerate(shift):
+        check_number(f"shift[{i}]", v, example="shift=(0.5, 0.0)")
+    g = torch.Generator().manual_seed(check_seed(seed))
     n0 = n // 2
     t0 = torch.rand(n0, generator=g) * math.pi
     t1 = torch.rand(n - n0, generator=g) * math.pi

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from helpers.checks import check_int, check_number, check_seed
 from helpers.models import mlp
 from helpers.subspace import PROJECTIONS, SubspaceModel
 from helpers.training import evaluate, progress_bar, train
@@ -50,6 +51,8 @@ def sweep(X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.
     loss, seconds, test_acc per epoch — what the notebook's widget draws).
     """
     ds, seeds, projections = _as_list(ds, "ds"), _as_list(seeds, "seeds"), _as_list(projections, "projections")
+    for s in seeds:
+        check_seed(s)
     bad = [d for d in ds if isinstance(d, bool) or not isinstance(d, int) or d < 1]
     if bad:
         raise ValueError(f"d must be a positive integer, got {bad[0]!r} in ds={ds}: use d >= 1, e.g. ds=[10, 100, 1000]")
@@ -79,7 +82,7 @@ def baseline(X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: tor
              epochs: int = 20, lr: float = 1e-3, batch_size: int = 128, optimizer: str = "adam",
              progress: bool = True) -> pd.DataFrame:
     """Direct training of all D parameters, one row per seed, same columns as `sweep` (d = D)."""
-    seeds = _as_list(seeds, "seeds")
+    seeds = [check_seed(s) for s in _as_list(seeds, "seeds")]
     model_fn = model_fn or (lambda seed: mlp(seed=seed))
     rows = []
     bar = progress_bar(len(seeds), "baseline", progress)
@@ -146,6 +149,14 @@ def dint90(table: pd.DataFrame, baseline: float | Sequence[float], rule: str = "
     base = np.atleast_1d(np.asarray(baseline, dtype=float))
     if base.size == 0 or not np.all((base > 0) & (base <= 1)):
         raise ValueError(f"baseline must be accuracies in (0, 1], got {baseline!r}: pass e.g. 0.934")
+    if table.duplicated(["seed", "d"]).any():
+        dup = table[table.duplicated(["seed", "d"], keep=False)][["seed", "d"]].drop_duplicates().values.tolist()
+        raise ValueError(f"table has several rows for (seed, d) = {dup[:3]}: they would be averaged silently; "
+                         "drop the repeats (table.drop_duplicates(['seed', 'd'])) or give each run its own seed")
+    values = pd.to_numeric(table[metric], errors="coerce")
+    if values.isna().any() or not ((values >= 0) & (values <= 1)).all():
+        raise ValueError(f"{metric} must be accuracies in [0, 1], got values from {values.min()} to {values.max()}: "
+                         "divide percentages by 100 and drop failed (NaN) runs")
     acc = table.pivot_table(index="seed", columns="d", values=metric)  # seeds × d
     if acc.isna().any().any():
         raise ValueError("every d needs a result for every seed: rerun sweep() with the same seeds for all d")
@@ -184,10 +195,12 @@ class ToyBlockSums(nn.Module):
 
     def __init__(self, D: int = 1000, n_blocks: int = 10, seed: int = 0):
         super().__init__()
-        if n_blocks < 1 or D % n_blocks:
+        check_int("D", D, 1, "D=1000")
+        check_int("n_blocks", n_blocks, 1, "n_blocks=10")
+        if D % n_blocks:
             raise ValueError(f"D={D} must split into n_blocks={n_blocks} equal blocks: pick D a multiple of n_blocks")
         self.n_blocks = n_blocks
-        self.theta = nn.Parameter(torch.randn(D, generator=torch.Generator().manual_seed(seed)))
+        self.theta = nn.Parameter(torch.randn(D, generator=torch.Generator().manual_seed(check_seed(seed))))
         self.register_buffer("targets", torch.arange(1, n_blocks + 1, dtype=torch.float32))
 
     def forward(self) -> torch.Tensor:
@@ -210,12 +223,15 @@ def solve_toy(d: int, seed: int = 0, *, D: int = 1000, n_blocks: int = 10, proje
     """
     if optimizer not in ("lbfgs", "adam"):
         raise ValueError(f"unknown optimizer {optimizer!r}: choose 'lbfgs' or 'adam'")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps!r}: pass a whole number of steps, e.g. steps=200")
+    if lr is not None:
+        check_number("lr", lr, positive=True, example="lr=0.05, or None for the optimizer's default")
+    lr = (1.0 if optimizer == "lbfgs" else 0.05) if lr is None else lr
     toy = ToyBlockSums(D, n_blocks, seed)
     model = SubspaceModel(toy, d, projection=projection, seed=seed)
     if optimizer == "lbfgs":
-        opt = torch.optim.LBFGS([model.theta_d], lr=lr or 1.0, max_iter=steps, history_size=max(20, d),
+        opt = torch.optim.LBFGS([model.theta_d], lr=lr, max_iter=steps, history_size=max(20, d),
                                 tolerance_grad=1e-10, tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
         def closure():
@@ -226,7 +242,7 @@ def solve_toy(d: int, seed: int = 0, *, D: int = 1000, n_blocks: int = 10, proje
         opt.step(closure)  # runs up to `steps` iterations, stops early once converged
         iterations = opt.state[model.theta_d]["n_iter"]
     else:
-        opt = torch.optim.Adam([model.theta_d], lr=lr or 0.05)
+        opt = torch.optim.Adam([model.theta_d], lr=lr)
         for _ in range(steps):
             opt.zero_grad()
             toy.loss(model()).backward()
@@ -240,7 +256,7 @@ def solve_toy(d: int, seed: int = 0, *, D: int = 1000, n_blocks: int = 10, proje
 
 def toy_sweep(ds: Iterable[int], seeds: Iterable[int] = range(5), progress: bool = True, **kwargs) -> pd.DataFrame:
     """`solve_toy` for every d × seed; one row each (kwargs go to solve_toy)."""
-    runs = [(d, s) for d in _as_list(ds, "ds") for s in _as_list(seeds, "seeds")]
+    runs = [(d, check_seed(s)) for d in _as_list(ds, "ds") for s in _as_list(seeds, "seeds")]
     bar, rows = progress_bar(len(runs), "toy", progress), []
     for d, s in runs:
         rows.append(solve_toy(d, s, **kwargs))

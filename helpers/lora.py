@@ -1,4 +1,4 @@
-"""LoRA from scratch: the layer, model surgery, merging, parameter counts, and adapters in PEFT's file layout.
+"""LoRA from scratch: the layer, model surgery, merging, and adapters in PEFT's file layout.
 
 Notation (the series'): a frozen layer computes W₀x + b with W₀ ∈ R^{d_out×d_in}. LoRA adds a trainable
 low-rank update ΔW = B A with A ∈ R^{r×d_in} (Kaiming-uniform, a=√5) and B ∈ R^{d_out×r} (zeros), so
@@ -11,21 +11,28 @@ Adapters are saved the way `peft` saves them (`adapter_model.safetensors` + `ada
 `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`), so `peft.PeftModel.from_pretrained` loads ours
 and `load_adapter` loads peft's. Only safetensors and JSON are read: nothing is ever unpickled.
 
-Reuse (e.g. QLoRA in helpers/quant.py):
+The surgery API (public; helpers/quant.py builds QLoRA on it):
 - `LoRALinear(base, ...)` accepts any `base` module with `in_features`, `out_features` and a `weight`; its
   forward is `base(x) + lora_forward(x)`. A subclass over a quantised base keeps `lora_forward`,
-  `delta_weight`, `scaling` and the A/B/dropout modules, and overrides `merge` / `unmerge` if its base
-  cannot absorb ΔW in place.
-- `_replace_modules(model, target_modules, make_layer, check=...)` is the model surgery behind `add_lora`:
-  it matches names like peft, validates every match (and `check(name, module)`) before changing anything,
-  then swaps each match for `make_layer(name, module)`. `add_qlora` can call it with its own factory, and
-  `load_adapter(..., inject=add_qlora)` loads a saved adapter onto that kind of layer.
+  `delta_weight`, `scaling` and the A/B/dropout modules, and sets `cannot_merge` to the reason (and
+  overrides `merge`) if its base cannot absorb ΔW in place.
+- `find_targets(model, target_modules, layer_types)`: name -> layer for every match (peft's rule), or a
+  ValueError naming what exists. `linear_names(model, layer_types)`: the candidate layer names.
+- `replace_modules(model, target_modules, make_layer, check=..., layer_types=...)` is the model surgery
+  behind `add_lora`: it validates every match (and `check(name, module)`) and builds every new layer before
+  changing anything, then swaps each match for `make_layer(name, module)`.
+- `freeze_all_but_lora(model)`: only lora_A / lora_B require grad. `lora_layers(model)`: name -> LoRALinear.
+- `check_lora_args(r, alpha, dropout, rslora)` and `check_rank_fits(name, layer, r)`: the argument checks.
+`add_qlora` calls `replace_modules` with its own factory, and `load_adapter(..., inject=add_qlora)` loads a
+saved adapter onto that kind of layer.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import tempfile
 from numbers import Real
 from pathlib import Path
 from typing import Callable, Iterable
@@ -45,19 +52,21 @@ _METADATA_KEYS = {"peft_version", "auto_mapping", "base_model_name_or_path", "re
 _CORE_KEYS = {"peft_type", "r", "lora_alpha", "target_modules", "lora_dropout", "use_rslora", "bias"}
 
 
-def _check_lora_args(r, alpha, dropout, rslora) -> None:
+def check_lora_args(r, alpha, dropout, rslora) -> None:
+    """ValueError unless r is a positive int, alpha a positive finite number, dropout in [0, 1), rslora a bool."""
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise ValueError(f"r must be a positive integer (the rank of ΔW = BA), got {r!r}; use e.g. r=4")
     if isinstance(alpha, bool) or not isinstance(alpha, Real) or not alpha > 0 or not math.isfinite(alpha):
         raise ValueError(f"alpha must be a positive number (the scale is α/r), got {alpha!r}; "
                          "use e.g. alpha=r or alpha=2*r")
-    if isinstance(dropout, bool) or not isinstance(dropout, Real) or not 0 <= dropout < 1:
+    if isinstance(dropout, bool) or not isinstance(dropout, Real) or not 0 <= dropout < 1:  # NaN fails too
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}; use 0.0 to switch it off")
     if not isinstance(rslora, bool):
         raise ValueError(f"rslora must be True or False, got {rslora!r}")
 
 
-def _check_rank_fits(name: str, base: nn.Module, r: int) -> None:
+def check_rank_fits(name: str, base: nn.Module, r: int) -> None:
+    """ValueError unless r <= min(d_in, d_out) of layer `name`."""
     d_in, d_out = base.in_features, base.out_features
     if r > min(d_in, d_out):
         raise ValueError(f"r={r} is larger than min(d_in, d_out) = min({d_in}, {d_out}) of layer {name!r}: a rank-r "
@@ -75,15 +84,18 @@ class LoRALinear(nn.Module):
     branch's input only and only in train mode. `merge()` folds s·BA into base.weight (then forward is base
     alone); `unmerge()` takes it out again. Both are idempotent; `merged` says which state the layer is in.
     Train unmerged: a merged layer's forward skips the branch, so A and B get no gradient.
+    `cannot_merge` (class attribute): None when `merge` can fold ΔW into this kind of base, else the reason.
     """
+
+    cannot_merge: str | None = None
 
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False):
         super().__init__()
-        _check_lora_args(r, alpha, dropout, rslora)
+        check_lora_args(r, alpha, dropout, rslora)
         if not all(hasattr(base, a) for a in ("in_features", "out_features", "weight")):
             raise ValueError(f"base must have in_features, out_features and weight (like nn.Linear), "
                              f"got {type(base).__name__}; wrap an nn.Linear")
-        _check_rank_fits(type(base).__name__, base, r)
+        check_rank_fits(type(base).__name__, base, r)
         self.base = base
         for p in self.base.parameters():
             p.requires_grad_(False)
@@ -141,7 +153,8 @@ class LoRALinear(nn.Module):
         return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, rslora={self.rslora}, merged={self.merged}"
 
 
-def _lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """Name -> LoRALinear for every LoRA layer in `model` (named_modules order)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
@@ -160,12 +173,15 @@ def _matches(target_modules: str | Iterable[str], name: str) -> bool:
     return any(name == t or name.endswith("." + t) for t in target_modules)
 
 
-def _linear_names(model: nn.Module, layer_types) -> list[str]:
+def linear_names(model: nn.Module, layer_types=(nn.Linear,)) -> list[str]:
+    """Names of the layers of `layer_types` that could be targeted (not the insides of LoRA layers)."""
     return [name for name, m in _candidate_modules(model) if isinstance(m, layer_types)]
 
 
-def _find_targets(model: nn.Module, target_modules, layer_types=(nn.Linear,)) -> dict[str, nn.Module]:
+def find_targets(model: nn.Module, target_modules, layer_types=(nn.Linear,)) -> dict[str, nn.Module]:
     """Name -> module for every targeted layer; ValueError (naming what exists) when a target is wrong."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}: pass e.g. mlp()")
     if isinstance(target_modules, str):
         targets = target_modules
         if not targets:
@@ -178,7 +194,7 @@ def _find_targets(model: nn.Module, target_modules, layer_types=(nn.Linear,)) ->
         if not targets or not all(isinstance(t, str) and t for t in targets):
             raise ValueError(f"target_modules must be a non-empty list of layer names, got {target_modules!r}; "
                              "e.g. ['fc2', 'fc3']")
-    existing = _linear_names(model, layer_types)
+    existing = linear_names(model, layer_types)
     kinds = "/".join(("nn." if t.__module__.startswith("torch.nn") else "") + t.__name__ for t in layer_types)
     hint = f"{kinds} layers in this model: {', '.join(existing) or 'none'}"
     if isinstance(targets, str):
@@ -209,16 +225,17 @@ def _find_targets(model: nn.Module, target_modules, layer_types=(nn.Linear,)) ->
     return found
 
 
-def _replace_modules(model: nn.Module, target_modules, make_layer: Callable[[str, nn.Module], nn.Module],
+def replace_modules(model: nn.Module, target_modules, make_layer: Callable[[str, nn.Module], nn.Module],
                      check: Callable[[str, nn.Module], None] | None = None,
                      layer_types=(nn.Linear,)) -> dict[str, nn.Module]:
     """Swap each targeted layer for `make_layer(name, layer)`, in place; returns name -> new layer.
 
     Matching follows peft (exact name or dotted suffix; a string is a full-match regex). Every match is
     validated first — it exists, is one of `layer_types`, is not adapted yet, and passes `check(name, layer)`
-    (raise ValueError there) — so on any error the model is unchanged.
+    (raise ValueError there) — and every new layer is built before the first swap, so on any error the model
+    is unchanged.
     """
-    found = _find_targets(model, target_modules, layer_types)
+    found = find_targets(model, target_modules, layer_types)
     if check is not None:
         for name, module in found.items():
             check(name, module)
@@ -237,29 +254,60 @@ def add_lora(model: nn.Module, target_modules: str | Iterable[str], r: int, alph
     rule), or one regex string that must match a full name. Afterwards only lora_A / lora_B require grad:
     r·(d_in + d_out) trainable parameters per adapted layer. On any ValueError the model is unchanged.
     """
-    _check_lora_args(r, alpha, dropout, rslora)
-    _replace_modules(model, target_modules, lambda name, m: LoRALinear(m, r, alpha, dropout, rslora),
-                     check=lambda name, m: _check_rank_fits(name, m, r))
-    _freeze_all_but_lora(model)
+    check_lora_args(r, alpha, dropout, rslora)
+    replace_modules(model, target_modules, lambda name, m: LoRALinear(m, r, alpha, dropout, rslora),
+                     check=lambda name, m: check_rank_fits(name, m, r))
+    freeze_all_but_lora(model)
     return model
 
 
-def _freeze_all_but_lora(model: nn.Module) -> None:
-    lora = {id(p) for m in _lora_layers(model).values() for p in (m.lora_A.weight, m.lora_B.weight)}
+def freeze_all_but_lora(model: nn.Module) -> None:
+    """requires_grad=True for every lora_A / lora_B weight, False for every other parameter."""
+    lora = {id(p) for m in lora_layers(model).values() for p in (m.lora_A.weight, m.lora_B.weight)}
     for p in model.parameters():
         p.requires_grad_(id(p) in lora)
 
 
+def _check_mergeable(model: nn.Module, layers: dict[str, LoRALinear]) -> None:
+    """ValueError, before any layer is merged, if a layer cannot merge or its W₀ is shared with another tensor."""
+    if not layers:
+        raise ValueError("the model has no LoRA layers to merge: call add_lora (or load_adapter) first")
+    refused = {name: m.cannot_merge for name, m in layers.items() if m.cannot_merge and not m.merged}
+    if refused:
+        raise ValueError(f"layer(s) {', '.join(refused)}: {next(iter(refused.values()))} (nothing was merged)")
+    owners: dict[int, list[str]] = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        owners.setdefault(t.untyped_storage().data_ptr(), []).append(name)
+    for name, m in layers.items():
+        if not m.cannot_merge:
+            sharing = [n for n in owners.get(m.base.weight.untyped_storage().data_ptr(), [])
+                       if n != f"{name}.base.weight"]
+            if sharing:
+                raise ValueError(f"the weight of LoRA layer {name!r} shares its memory with {', '.join(sharing)}: "
+                                 "merging would change those too; nothing was merged. Untie it first, e.g. "
+                                 f"model.get_submodule({name + '.base'!r}).weight = "
+                                 "nn.Parameter(w.detach().clone(), requires_grad=False)")
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Merge every LoRA layer (W₀ <- W₀ + s·BA); inference then costs what the base model costs."""
-    for m in _lora_layers(model).values():
+    """Merge every LoRA layer (W₀ <- W₀ + s·BA); inference then costs what the base model costs.
+
+    All layers are checked first (each can merge; no W₀ is shared with another layer), so on ValueError
+    no layer is merged.
+    """
+    layers = lora_layers(model)
+    _check_mergeable(model, layers)
+    for m in layers.values():
         m.merge()
     return model
 
 
 def unmerge_lora(model: nn.Module) -> nn.Module:
     """Undo `merge_lora` in every LoRA layer (to train on, or to swap adapters)."""
-    for m in _lora_layers(model).values():
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA layers to unmerge: call add_lora (or load_adapter) first")
+    for m in layers.values():
         m.unmerge()
     return model
 
@@ -267,28 +315,16 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge every LoRA layer and put its (now updated) base layer back: a plain model, no LoRA modules.
 
-    In place; returns the model. The base layers keep requires_grad=False, as add_lora left them.
+    In place; returns the model. The base layers keep requires_grad=False, as add_lora left them. Every layer
+    is checked before the first merge, so on ValueError the model is unchanged.
     """
-    layers = _lora_layers(model)
-    if not layers:
-        raise ValueError("the model has no LoRA layers to merge: call add_lora (or load_adapter) first")
+    layers = lora_layers(model)
+    _check_mergeable(model, layers)
     for name, m in layers.items():
         m.merge()
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, m.base)
     return model
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; shared parameters are counted once."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-def print_trainable_parameters(model: nn.Module) -> None:
-    """Print the counts in peft's format: `trainable params: 52,162 || all params: 4,100,164 || trainable%: 1.2722`."""
-    trainable, total = count_parameters(model)
-    print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
 
 def _adapter_config(layers: dict[str, LoRALinear]) -> dict:
@@ -342,28 +378,60 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     Files: adapter_model.safetensors (keys base_model.model.<module>.lora_A.weight / .lora_B.weight),
     adapter_config.json (peft_type "LORA", r, lora_alpha, target_modules = the adapted layers' full names,
     lora_dropout, use_rslora, bias "none") and a short model card README.md. Only A and B are stored.
+    Everything is checked and serialised first, then each file is written beside its target and renamed into
+    place, so a refused call leaves an existing adapter in `directory` exactly as it was.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    layers = _lora_layers(model)
+    layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers to save: call add_lora (or load_adapter) first")
     config = _adapter_config(layers)
+    if not isinstance(directory, (str, Path)) or not str(directory):
+        raise ValueError(f"directory must be a folder path (str or Path), got {directory!r}: e.g. 'adapters/run1'")
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"{directory} is a file, not a directory: pass a folder path for the adapter")
     tensors = {}
     for name, m in layers.items():
-        tensors[f"{KEY_PREFIX}{name}.lora_A.weight"] = m.lora_A.weight.detach().cpu().contiguous()
-        tensors[f"{KEY_PREFIX}{name}.lora_B.weight"] = m.lora_B.weight.detach().cpu().contiguous()
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for which, w in (("A", m.lora_A.weight), ("B", m.lora_B.weight)):
+            if not bool(torch.isfinite(w).all()):
+                raise ValueError(f"lora_{which} of layer {name!r} contains NaN or inf (training diverged): an adapter "
+                                 "that poisons every output is not saved; retrain with a lower lr")
+            tensors[f"{KEY_PREFIX}{name}.lora_{which}.weight"] = w.detach().cpu().contiguous()
     scaling = config["lora_alpha"] / (math.sqrt(config["r"]) if config["use_rslora"] else config["r"])
-    (directory / "README.md").write_text(_MODEL_CARD.format(
-        **config, scaling=scaling, targets=", ".join(config["target_modules"]),
-        n_params=sum(t.numel() for t in tensors.values())))
+    files = {WEIGHTS_NAME: save(tensors, metadata={"format": "pt"}),
+             CONFIG_NAME: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+             "README.md": _MODEL_CARD.format(**config, scaling=scaling, targets=", ".join(config["target_modules"]),
+                                             n_params=sum(t.numel() for t in tensors.values())).encode()}
+    blocked = [name for name in files if (directory / name).exists() and not (directory / name).is_file()]
+    if blocked:
+        raise ValueError(f"{', '.join(blocked)} in {directory} is not a file (a folder?): remove it or pick "
+                         "another directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_files_atomically(directory, files)
     return directory
+
+
+def _write_files_atomically(directory: Path, files: dict[str, bytes]) -> None:
+    """Write every file to a temporary file beside its target, then rename them all into place (os.replace).
+
+    A failure while writing removes the temporary files and leaves the old files as they were.
+    """
+    temps: dict[str, str] = {}
+    try:
+        for name, payload in files.items():
+            fd, temps[name] = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+        for name, tmp in temps.items():
+            os.replace(tmp, directory / name)
+    finally:
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def _read_config(directory: Path) -> dict:
@@ -398,7 +466,7 @@ def _read_config(directory: Path) -> dict:
     if not isinstance(targets, (str, list)) or (isinstance(targets, list) and not all(isinstance(t, str) for t in targets)):
         raise ValueError(f"target_modules in {CONFIG_NAME} must be layer names, got {targets!r}; save the adapter again")
     try:
-        _check_lora_args(config["r"], config["lora_alpha"], config["lora_dropout"], config["use_rslora"])
+        check_lora_args(config["r"], config["lora_alpha"], config["lora_dropout"], config["use_rslora"])
     except ValueError as e:
         raise ValueError(f"{CONFIG_NAME} is invalid: {e}") from None
     return config
@@ -427,6 +495,9 @@ def load_adapter(model: nn.Module, directory: str | Path, inject: Callable = add
     shapes are all checked against the model before it is touched, so on any ValueError the model is exactly
     as it was. `inject` builds the layers (default add_lora; e.g. add_qlora for a quantised base).
     """
+    if not isinstance(directory, (str, Path)):
+        raise ValueError(f"directory must be a folder path (str or Path), got {type(directory).__name__}: pass "
+                         "the folder save_adapter wrote")
     directory = Path(directory)
     if not directory.is_dir():
         raise ValueError(f"adapter folder {str(directory)!r} does not exist: pass the folder save_adapter wrote")
@@ -441,10 +512,10 @@ def load_adapter(model: nn.Module, directory: str | Path, inject: Callable = add
             raise ValueError(f"unexpected tensor {key!r} in {WEIGHTS_NAME}: expected only "
                              f"{KEY_PREFIX}<module>.lora_A.weight / .lora_B.weight; this is not a plain LoRA adapter")
         by_module.setdefault(match["module"], {})[match["which"]] = t
-    if _lora_layers(model):
+    if lora_layers(model):
         raise ValueError("the model already has LoRA layers: load the adapter into a fresh base model "
                          "(or call merge_and_unload first)")
-    found = _find_targets(model, config["target_modules"])
+    found = find_targets(model, config["target_modules"])
     missing = sorted(set(found) - set(by_module))
     extra = sorted(set(by_module) - set(found))
     if missing or extra:
@@ -463,10 +534,13 @@ def load_adapter(model: nn.Module, directory: str | Path, inject: Callable = add
                 raise ValueError(f"{KEY_PREFIX}{name}.lora_{which}.weight has shape {tuple(t.shape)} ({t.dtype}), "
                                  f"but layer {name!r} ({layer.out_features}x{layer.in_features}) with r={r} needs "
                                  f"{shape} floats; load it into the base model it was trained on")
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{KEY_PREFIX}{name}.lora_{which}.weight contains NaN or inf: the adapter is "
+                                 "corrupt or its training diverged; save a finite adapter again")
 
     inject(model, config["target_modules"], r=r, alpha=config["lora_alpha"], dropout=config["lora_dropout"],
            rslora=config["use_rslora"])
-    layers = _lora_layers(model)
+    layers = lora_layers(model)
     with torch.no_grad():
         for name, pair in by_module.items():
             layers[name].lora_A.weight.copy_(pair["A"])

@@ -16,6 +16,9 @@ import math
 import torch
 from torch import nn
 
+from helpers.checks import check_features, check_labels, check_number
+from helpers.training import OPTIMIZERS, training_step
+
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "nf4": 0.5,
                "nf4-dq": (4 + 8 / 64 + 32 / (64 * 256)) / 8}
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd_momentum": 1, "sgd": 0}
@@ -59,7 +62,7 @@ def training_memory(n_params: float, n_trainable: float | None = None, precision
                          "total as n_params and the trained subset as n_trainable")
     _check_choice("precision", precision, PRECISIONS)
     _check_choice("optimizer", optimizer, OPTIMIZER_STATES)
-    frozen_dtype = frozen_dtype or ("fp32" if precision == "fp32" else "bf16")
+    frozen_dtype = ("fp32" if precision == "fp32" else "bf16") if frozen_dtype is None else frozen_dtype
     _check_choice("frozen_dtype", frozen_dtype, DTYPE_BYTES)
     w, g, master = PRECISIONS[precision]
     out = {"weights": n_trainable * w + (n_params - n_trainable) * DTYPE_BYTES[frozen_dtype],
@@ -100,8 +103,11 @@ def finetune_memory(model: str = "LLaMA-2 7B", method: str = "full", r: int = 8,
 
 
 def tensor_bytes(tensors) -> int:
-    """Sum of numel · element size over tensors (None entries skipped)."""
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    """Sum of numel · element size over tensors: None entries skipped, a tensor listed twice counted once.
+
+    The one byte counter of the helpers (NF4 storage, projections, measured training memory use it)."""
+    unique = {id(t): t for t in tensors if t is not None}
+    return sum(t.numel() * t.element_size() for t in unique.values())
 
 
 def measure_training_memory(model: nn.Module, X: torch.Tensor, y: torch.Tensor, optimizer: str = "adam",
@@ -112,16 +118,19 @@ def measure_training_memory(model: nn.Module, X: torch.Tensor, y: torch.Tensor, 
     per-parameter tensors (Adam's exp_avg, exp_avg_sq; momentum buffers); Adam's scalar step counters
     (one per tensor, not per parameter) are reported apart as "step_counters" and left out of "total".
     """
-    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-             "sgd_momentum": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9)}
-    _check_choice("optimizer", optimizer, kinds)
+    _check_choice("optimizer", optimizer, OPTIMIZER_STATES)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}: pass e.g. mlp()")
+    check_number("lr", lr, positive=True, example="lr=1e-3")
+    check_features("X", X)
+    check_labels("y", y, len(X))
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("no parameter requires grad: unfreeze what should train before measuring")
     model = copy.deepcopy(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise ValueError("no parameter requires grad: unfreeze what should train before measuring")
-    opt = kinds[optimizer](trainable, lr=lr)
-    nn.functional.cross_entropy(model(X), y).backward()
-    opt.step()
+    name, extra = ("sgd", {"momentum": 0.9}) if optimizer == "sgd_momentum" else (optimizer, {})
+    opt = OPTIMIZERS[name](trainable, lr=lr, **extra)
+    training_step(model, opt, X, y)
     state = [t for s in opt.state.values() for k, t in s.items() if torch.is_tensor(t) and k != "step"]
     steps = [t for s in opt.state.values() for k, t in s.items() if torch.is_tensor(t) and k == "step"]
     out = {"weights": tensor_bytes(model.parameters()),

@@ -38,9 +38,11 @@ def decision_boundary(model, X: torch.Tensor, y: torch.Tensor, ax=None, title: s
     lo, hi = X.min(0).values - 0.5, X.max(0).values + 0.5
     gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], steps), torch.linspace(lo[1], hi[1], steps), indexing="xy")
     was_training = model.training
-    model.eval()
-    prob = model(torch.stack([gx.ravel(), gy.ravel()], 1)).softmax(-1)[:, 1].reshape(gx.shape)
-    model.train(was_training)
+    try:
+        model.eval()
+        prob = model(torch.stack([gx.ravel(), gy.ravel()], 1)).softmax(-1)[:, 1].reshape(gx.shape)
+    finally:
+        model.train(was_training)
     ax.contourf(gx, gy, prob, levels=[0, 0.5, 1], colors=[PALETTE[0], PALETTE[1]], alpha=0.25)
     ax.scatter(X[:, 0], X[:, 1], c=[PALETTE[int(c)] for c in y], s=6)
     ax.set(title=title, xlabel="$x_1$", ylabel="$x_2$", xticks=[], yticks=[])

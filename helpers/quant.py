@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from helpers import lora
+from helpers.memory import tensor_bytes
 
 # QLoRA's offset: the outermost quantile probed is 1 - ½(1/30 + 1/32) = 0.96770833..., which the paper's
 # code and bitsandbytes write as 0.9677083; that literal, in float32 as they use it, reproduces the
@@ -73,6 +74,7 @@ NF4_CODES = _nf4_levels()
 DYNAMIC_CODES = _dynamic_levels()
 _NF4_MIDPOINTS = (NF4_CODES[:-1] + NF4_CODES[1:]) / 2
 _DYNAMIC_MIDPOINTS = (DYNAMIC_CODES[:-1] + DYNAMIC_CODES[1:]) / 2
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 _TINY = 1e-38  # a block of zeros keeps absmax 0 but is scaled by 1/1e-38 (its codes are all "0.0")
 
 
@@ -141,7 +143,7 @@ class NF4Tensor:
     @property
     def nbytes(self) -> int:
         """Bytes actually stored: codes + constants (element size × count of each stored tensor)."""
-        return sum(t.numel() * t.element_size() for t in self.stored_tensors().values())
+        return tensor_bytes(self.stored_tensors().values())
 
     @property
     def bits_per_param(self) -> float:
@@ -182,6 +184,10 @@ def _check_weight(w) -> None:
     if not bool(torch.isfinite(w).all()):
         raise ValueError("the weight contains NaN or inf, which would poison its block's absmax; "
                          "find where training diverged, or replace them (torch.nan_to_num) before quantising")
+    biggest = float(w.detach().abs().max())
+    if biggest > _FLOAT32_MAX:
+        raise ValueError(f"the weight holds |values| up to {biggest:.3g}, beyond float32's {_FLOAT32_MAX:.3g}: they "
+                         "are processed in float32 and would become inf; rescale the weight first")
 
 
 def _check_quant_args(block_size, double_quant, dq_block_size) -> int | None:
@@ -237,11 +243,12 @@ def quantize_nf4(w: torch.Tensor, block_size: int = 64, double_quant: bool = Tru
     dq_block_size = _check_quant_args(block_size, double_quant, dq_block_size)
     flat = w.detach().reshape(-1).float()
     idx, absmax = _blockwise_quantize(flat, _NF4_MIDPOINTS.to(flat.device), block_size)
-    n = flat.numel()
-    codes = (idx[0:n + n % 2:2] << 4) | idx[1:n + n % 2:2]      # the padding value 0.0 has code 7, like bnb
-    q = NF4Tensor(codes, absmax, w.shape, w.dtype, block_size)
+    q = NF4Tensor(pack_nibbles(idx[:flat.numel()]), absmax, w.shape, w.dtype, block_size)
     if double_quant:
         offset = absmax.mean()
+        if not bool(torch.isfinite(offset)):
+            raise ValueError("the mean of the blocks' absmax constants overflows float32, so double quantisation "
+                             "cannot store them; pass double_quant=False or rescale the weight")
         idx8, scale = _blockwise_quantize(absmax - offset, _DYNAMIC_MIDPOINTS.to(flat.device), dq_block_size)
         q.absmax, q.absmax_scale, q.absmax_offset = idx8[:absmax.numel()], scale, offset
         q.dq_block_size = dq_block_size
@@ -266,14 +273,36 @@ def _quad_table(device: torch.device) -> torch.Tensor:
 _QUAD_TABLES: dict[torch.device, torch.Tensor] = {}
 
 
+def _check_nf4(q) -> None:
+    """ValueError unless every stored tensor of `q` has the dtype and length its shape and block sizes imply."""
+    if not isinstance(q, NF4Tensor):
+        raise ValueError(f"expected an NF4Tensor (from quantize_nf4), got {type(q).__name__}")
+    _check_power_of_two("block_size", q.block_size, "use the NF4Tensor quantize_nf4 returned")
+    n_blocks = -(-q.numel // q.block_size)
+    expected = {"codes": (torch.uint8, -(-q.numel // 2)),
+                "absmax": (torch.uint8 if q.double_quant else torch.float32, n_blocks)}
+    if q.double_quant:
+        _check_power_of_two("dq_block_size", q.dq_block_size, "use the NF4Tensor quantize_nf4 returned")
+        expected.update(absmax_scale=(torch.float32, -(-n_blocks // q.dq_block_size)), absmax_offset=(torch.float32, 1))
+    for name, (dtype, numel) in expected.items():
+        t = getattr(q, name)
+        if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.numel() != numel:
+            got = f"{t.dtype} with {t.numel()} elements" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"NF4Tensor.{name} should be {dtype} with {numel} elements for shape {tuple(q.shape)} "
+                             f"(block_size {q.block_size}), got {got}: the tensor is truncated or mixed up; "
+                             "quantise the weight again with quantize_nf4")
+    if not q.dtype.is_floating_point:
+        raise ValueError(f"NF4Tensor.dtype must be a floating-point dtype, got {q.dtype}: quantise again")
+
+
 def dequantize_nf4(q: NF4Tensor) -> torch.Tensor:
     """NF4Tensor -> tensor of the original shape and dtype: level[code] · absmax of the code's block.
 
+    Every stored tensor's length is checked against the shape first (truncated codes are refused).
     Vectorised: the packed bytes are read two at a time as uint16, one gather from a 65,536-entry table
     yields four values per index, and one in-place multiply applies each block's absmax.
     """
-    if not isinstance(q, NF4Tensor):
-        raise ValueError(f"expected an NF4Tensor (from quantize_nf4), got {type(q).__name__}")
+    _check_nf4(q)
     codes, device = q.codes, q.codes.device
     if codes.numel() % 2 or codes.storage_offset() % 2 or not codes.is_contiguous():
         codes = torch.cat([codes.reshape(-1), codes.new_zeros(codes.numel() % 2)])
@@ -353,8 +382,7 @@ class LinearNF4(nn.Module):
     @property
     def nbytes(self) -> int:
         """Bytes this layer stores: NF4 codes and constants plus the bias."""
-        bias = 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
-        return self.quantized_weight.nbytes + bias
+        return self.quantized_weight.nbytes + tensor_bytes([self.bias])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -374,21 +402,23 @@ class QLoRALinear(lora.LoRALinear):
     `LinearNF4`. Merging is refused: ΔW cannot be added to 4-bit codes without re-quantising it away.
     """
 
+    cannot_merge = ("cannot merge into a 4-bit NF4 base: W₀ + s·BA would have to be re-quantised, which rounds most "
+                    "of the update away. Keep the adapter separate (save_adapter), or load it into the full-precision "
+                    "base with load_adapter and merge there")
+
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False,
                  block_size: int = 64, double_quant: bool = True):
-        lora._check_lora_args(r, alpha, dropout, rslora)
+        lora.check_lora_args(r, alpha, dropout, rslora)
         if isinstance(base, nn.Linear):
             _check_quant_args(block_size, double_quant, None)
-            lora._check_rank_fits(type(base).__name__, base, r)
+            lora.check_rank_fits(type(base).__name__, base, r)
             base = LinearNF4(base, block_size, double_quant)
         elif not isinstance(base, LinearNF4):
             raise ValueError(f"QLoRALinear wraps an nn.Linear or a LinearNF4, got {type(base).__name__}")
         super().__init__(base, r, alpha, dropout, rslora)
 
     def merge(self) -> None:
-        raise ValueError("cannot merge into a 4-bit NF4 base: W₀ + s·BA would have to be re-quantised, which "
-                         "rounds most of the update away. Keep the adapter separate (save_adapter), or load it "
-                         "into the full-precision base with load_adapter and merge there")
+        raise ValueError(self.cannot_merge)
 
 
 def _check_finite_weight(name: str, layer: nn.Module) -> None:
@@ -401,22 +431,22 @@ def add_qlora(model: nn.Module, target_modules, r: int, alpha: float, dropout: f
               block_size: int = 64, double_quant: bool = True) -> nn.Module:
     """QLoRA surgery, in place: each targeted nn.Linear (or LinearNF4) becomes a QLoRALinear; returns model.
 
-    Matching, validation and replacement are helpers.lora's (`_replace_modules`: exact name or dotted suffix,
+    Matching, validation and replacement are helpers.lora's (`replace_modules`: exact name or dotted suffix,
     or a full-match regex; every target checked before anything changes, so on ValueError the model is
     unchanged). Afterwards only lora_A / lora_B require grad. Layers not targeted keep their precision;
     `quantize_model` stores them in NF4 too.
     """
-    lora._check_lora_args(r, alpha, dropout, rslora)
+    lora.check_lora_args(r, alpha, dropout, rslora)
     _check_quant_args(block_size, double_quant, None)
 
     def check(name, layer):
-        lora._check_rank_fits(name, layer, r)
+        lora.check_rank_fits(name, layer, r)
         _check_finite_weight(name, layer)
 
-    lora._replace_modules(model, target_modules,
+    lora.replace_modules(model, target_modules,
                           lambda name, m: QLoRALinear(m, r, alpha, dropout, rslora, block_size, double_quant),
                           check=check, layer_types=(nn.Linear, LinearNF4))
-    lora._freeze_all_but_lora(model)
+    lora.freeze_all_but_lora(model)
     return model
 
 
@@ -429,10 +459,10 @@ def quantize_model(model: nn.Module, target_modules=None, block_size: int = 64, 
     """
     _check_quant_args(block_size, double_quant, None)
     if target_modules is None:
-        target_modules = lora._linear_names(model, (nn.Linear,))
+        target_modules = lora.linear_names(model, (nn.Linear,))
         if not target_modules:
             raise ValueError(f"{type(model).__name__} has no nn.Linear layer to quantise")
-    lora._replace_modules(model, target_modules, lambda name, m: LinearNF4(m, block_size, double_quant),
+    lora.replace_modules(model, target_modules, lambda name, m: LinearNF4(m, block_size, double_quant),
                           check=_check_finite_weight)
     return model
 
@@ -440,15 +470,10 @@ def quantize_model(model: nn.Module, target_modules=None, block_size: int = 64, 
 def storage_bytes(model: nn.Module) -> dict[str, int]:
     """Bytes the model stores, split into "trainable" (parameters that require grad) and "frozen" (every
     other parameter and every buffer, e.g. NF4 codes and constants); shared tensors counted once."""
-    out, seen = {"trainable": 0, "frozen": 0}, set()
-    for kind, tensors in (("param", model.parameters()), ("buffer", model.buffers())):
-        for t in tensors:
-            if id(t) in seen:
-                continue
-            seen.add(id(t))
-            key = "trainable" if kind == "param" and t.requires_grad else "frozen"
-            out[key] += t.numel() * t.element_size()
-    return out
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    ids = {id(p) for p in trainable}
+    return {"trainable": tensor_bytes(trainable),
+            "frozen": tensor_bytes([*(p for p in model.parameters() if id(p) not in ids), *model.buffers()])}
 
 
 # ---------------------------------------------------------------------------------------------- bitsandbytes

@@ -21,7 +21,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-DENSE_MAX_BYTES = 2**30  # 1 GiB: a dense P bigger than this raises unless max_bytes is raised
+from helpers.checks import check_seed
+from helpers.memory import tensor_bytes
+
+DENSE_MAX_BYTES = 2**30  # 1 GiB: a dense (or sparse) P bigger than this raises unless max_bytes is raised
 _FACTOR_LOG2 = 5  # fwht multiplies by Hadamard factors of size <= 2**5 = 32 (fastest measured here)
 _HADAMARD: dict[tuple, torch.Tensor] = {}
 
@@ -95,14 +98,33 @@ class _Projection(nn.Module):
     def __init__(self, D: int, d: int, seed: int):
         super().__init__()
         self.D, self.d = _check_dims(D, d)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
+
+    @staticmethod
+    def _check_budget(need: int, max_bytes: int, what: str, fix: str) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral) or max_bytes < 1:
+            raise ValueError(f"max_bytes must be a positive integer number of bytes, got {max_bytes!r}; "
+                             f"e.g. max_bytes={DENSE_MAX_BYTES}")
+        if need > max_bytes:
+            raise ValueError(f"{what} needs {need:,} bytes ({need / 2**30:.2f} GiB), over the budget "
+                             f"max_bytes={max_bytes:,}: {fix}")
 
     @property
     def nbytes(self) -> int:
         """Bytes of state this projection stores (its buffers)."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
+        return tensor_bytes(self.buffers())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of P's values (float32 unless moved with .to() / .double())."""
+        return next(b.dtype for b in self.buffers() if b.is_floating_point())
 
     def _check_input(self, theta_d: torch.Tensor, base: torch.Tensor | None) -> None:
+        for name, t in (("theta_d", theta_d), ("base", base)):
+            if t is not None and (not isinstance(t, torch.Tensor) or t.dtype != self.dtype):
+                got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{name} must be a {self.dtype} tensor like P, got {got}: pass {name}.to({self.dtype}) "
+                                 f"or move the projection with .to({got})")
         if theta_d.shape != (self.d,):
             raise ValueError(f"{type(self).__name__} maps vectors of shape ({self.d},), got {tuple(theta_d.shape)}: "
                              f"pass θ^(d) as a 1-D tensor of length d={self.d}")
@@ -112,7 +134,11 @@ class _Projection(nn.Module):
     def matrix(self) -> torch.Tensor:
         """P as a dense (D, d) tensor, built column by column (for tests and small pictures)."""
         with torch.no_grad():
-            return torch.stack([self(e) for e in torch.eye(self.d)], 1)
+            return torch.stack([self(e) for e in torch.eye(self.d, dtype=self.dtype, device=self.device)], 1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.buffers()).device
 
     def extra_repr(self) -> str:
         return f"D={self.D}, d={self.d}, seed={self.seed}, nbytes={self.nbytes:,}"
@@ -131,11 +157,8 @@ class DenseProjection(_Projection):
 
     def __init__(self, D: int, d: int, seed: int = 0, max_bytes: int = DENSE_MAX_BYTES):
         super().__init__(D, d, seed)
-        need = self.D * self.d * 4
-        if need > max_bytes:
-            raise ValueError(f"a dense P of {self.D:,} × {self.d:,} float32 needs {need:,} bytes "
-                             f"({need / 2**30:.2f} GiB), over the budget max_bytes={max_bytes:,}: use "
-                             f"projection='sparse' or 'fastfood' (a few MB), a smaller d, or raise max_bytes")
+        self._check_budget(self.D * self.d * 4, max_bytes, f"a dense P of {self.D:,} × {self.d:,} float32",
+                           "use projection='sparse' or 'fastfood' (a few MB), a smaller d, or raise max_bytes")
         gen = torch.Generator().manual_seed(self.seed)
         PT = torch.randn(self.d, self.D, generator=gen)
         PT /= PT.norm(dim=1, keepdim=True)
@@ -177,15 +200,20 @@ class SparseProjection(_Projection):
 
     Density k/D ≈ 1/√D (Li, Hastie & Church's "very sparse random projections"); every column has
     unit norm exactly. Stored as its transpose: `rows` (d, k), the row of P of each nonzero of
-    column j, and `vals` (d, k), its value — P^T in CSR form (`crow`, `col`: the same indices as int32
+    column j, and `vals` (d, k), its value (d·k·(8 + 4 + 4) bytes, checked against `max_bytes` before any
+    allocation, as for the dense P) — P^T in CSR form (`crow`, `col`: the same indices as int32
     for the sparse kernel). Forward (scatter-add of the rows of P^T) and backward (CSR
     matrix-vector product with P^T) each touch the d·k ≈ d·√D nonzeros once.
     """
 
-    def __init__(self, D: int, d: int, seed: int = 0):
+    def __init__(self, D: int, d: int, seed: int = 0, max_bytes: int = DENSE_MAX_BYTES):
         super().__init__(D, d, seed)
         D, d = self.D, self.d
         k = min(D, max(1, round(math.sqrt(D))))
+        idx_bytes = 4 if torch.iinfo(torch.int32).max >= d * k else 8
+        self._check_budget(d * k * (8 + 4 + idx_bytes) + (d + 1) * idx_bytes, max_bytes,
+                           f"a sparse P of {D:,} × {d:,} with {k} nonzeros per column",
+                           "use projection='fastfood' (O(D) memory), a smaller d, or raise max_bytes")
         gen = torch.Generator().manual_seed(self.seed)
         rows = torch.randint(D, (d, k), generator=gen)
         while True:  # redraw repeated rows within a column until all k are distinct
@@ -278,7 +306,7 @@ class FastfoodProjection(_Projection):
     def matrix(self) -> torch.Tensor:
         """P as a dense (D, d) tensor, all d columns in one batched transform."""
         with torch.no_grad():
-            return self._apply_V(torch.eye(self.d)).t()
+            return self._apply_V(torch.eye(self.d, dtype=self.dtype, device=self.device)).t()
 
     def forward(self, theta_d: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
         """P θ^(d), or base + P θ^(d) when `base` (shape (D,)) is given."""
@@ -297,14 +325,18 @@ PROJECTIONS = {"dense": DenseProjection, "sparse": SparseProjection, "fastfood":
 class SubspaceModel(nn.Module):
     """`model` re-parameterised as θ^(D) = θ0^(D) + P θ^(d); θ^(d) is the only parameter.
 
-    - `theta_d` (nn.Parameter, shape (d,), zeros): the one trainable vector.
+    - `theta_d` (nn.Parameter, shape (d,), zeros): the one trainable vector — `parameters()` and
+      `named_parameters()` yield it alone.
     - `theta0` (buffer, shape (D,)): the wrapped model's initial parameters, flattened in
       `named_parameters()` order, biases included; the projection's state is in `projection`'s buffers.
+    - `model`: the wrapped model, a submodule, so `.to()`, `.double()`, `train()` / `eval()` and
+      `state_dict()` reach it (a BatchNorm's running statistics survive a state_dict round trip). Its own
+      parameters are never used or changed by forward, and are kept out of `parameters()`.
     - forward: builds every parameter tensor as a view of θ0 + P θ^(d) and runs the wrapped model with
-      them through `torch.func.functional_call`; the wrapped model's own parameters are never used
-      or changed (it is kept outside the module tree, so `.parameters()` yields only θ^(d)).
-    `projection` is "dense", "sparse" or "fastfood"; `projection_kwargs` go to its constructor
-    (e.g. max_bytes for dense).
+      them through `torch.func.functional_call`.
+    `projection` is "dense", "sparse" or "fastfood"; `projection_kwargs` go to its constructor (e.g.
+    max_bytes for dense and sparse). P is drawn in float32 from `seed` and stored in the model's dtype
+    (float32 or float64; all parameters must share one floating dtype).
     """
 
     def __init__(self, model: nn.Module, d: int, projection: str = "fastfood", seed: int = 0,
@@ -318,15 +350,27 @@ class SubspaceModel(nn.Module):
                              f"wrap a model with at least one nn.Parameter")
         if projection not in PROJECTIONS:
             raise ValueError(f"unknown projection {projection!r}: choose one of {sorted(PROJECTIONS)}")
+        dtypes = sorted({str(p.dtype) for _, p in named})
+        if len(dtypes) > 1 or not named[0][1].is_floating_point():
+            raise ValueError(f"the model's parameters have dtype(s) {', '.join(dtypes)}; θ0 + Pθ needs one floating "
+                             "dtype: convert the model first, e.g. model.float() or model.double()")
         self._names = [n for n, _ in named]
         self._shapes = [p.shape for _, p in named]
         self._numels = [p.numel() for _, p in named]
         D = sum(self._numels)
-        self.projection = PROJECTIONS[projection](D, d, seed=seed, **projection_kwargs)
+        dtype = named[0][1].dtype
+        self.projection = PROJECTIONS[projection](D, d, seed=seed, **projection_kwargs).to(dtype)
         self.D, self.d, self.projection_name = self.projection.D, self.projection.d, projection
-        self.theta_d = nn.Parameter(torch.zeros(self.d))
+        self.theta_d = nn.Parameter(torch.zeros(self.d, dtype=dtype))
         self.register_buffer("theta0", torch.cat([p.detach().flatten() for _, p in named]).clone())
-        self.__dict__["model"] = model  # not a submodule: its parameters must not be trained or listed
+        self.model = model
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        """Only θ^(d) (and parameters added beside it): the wrapped model's own parameters are not trained."""
+        wrapped = {id(p) for p in self.model.parameters()}
+        for name, p in super().named_parameters(prefix, recurse, remove_duplicate):
+            if id(p) not in wrapped:
+                yield name, p
 
     def flat_params(self) -> torch.Tensor:
         """θ^(D) = θ0 + P θ^(d), shape (D,)."""
@@ -339,11 +383,6 @@ class SubspaceModel(nn.Module):
 
     def forward(self, *args, **kwargs):
         return functional_call(self.model, self.params_dict(), args, kwargs)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.model.train(mode)  # dropout / batch-norm of the wrapped model follow the wrapper
-        return self
 
     def extra_repr(self) -> str:
         return f"D={self.D:,}, d={self.d:,}, projection={self.projection_name!r}"

@@ -1,4 +1,5 @@
-"""Seeded train / evaluate loops shared by every notebook (they never copy a training loop).
+"""Seeded train / evaluate loops shared by every notebook (they never copy a training loop), and the one
+training step (`training_step`) that `train`, `helpers.memory` and the benchmarks take.
 
 `train` knows no fine-tuning method: it optimises whichever parameters require grad (or the ones
 passed in `params`), so full fine-tuning, LoRA, BitFit and subspace training all go through it.
@@ -7,12 +8,15 @@ from __future__ import annotations
 
 import math
 import time
+from numbers import Real
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+from helpers.checks import check_features, check_int, check_labels, check_number, check_seed
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}  # the one table
 
 
 def _in_notebook() -> bool:
@@ -74,22 +78,62 @@ def progress_bar(total: int, desc: str, enabled: bool = True):
 
 
 def set_seed(seed: int) -> None:
-    """Seed torch's global generator (model init, dropout)."""
-    torch.manual_seed(seed)
+    """Seed torch's global generator (model init, dropout). The only helper that touches global RNG state."""
+    torch.manual_seed(check_seed(seed))
+
+
+def training_step(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One step: forward, cross-entropy, zero_grad, backward, optimizer step; returns the loss (detached scalar).
+
+    X: (batch, d_in) floats; y: (batch,) int64 class indices. The step `train`, `measure_training_memory`
+    and the benchmarks all take.
+    """
+    loss = nn.functional.cross_entropy(model(X), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}: pass e.g. mlp()")
+
+
+def _output_width(model: nn.Module, X: torch.Tensor) -> int:
+    """Classes the model outputs, from one row in eval mode under no_grad (no state changes, no RNG draw)."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(X[:1])
+    finally:
+        model.train(was_training)
+    if out.dim() != 2:
+        raise ValueError(f"the model maps {tuple(X[:1].shape)} to {tuple(out.shape)}, not (batch, n_classes) "
+                         "logits: train and evaluate need a classifier")
+    return out.shape[1]
 
 
 @torch.no_grad()
 def predict(model: nn.Module, X: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Predicted class per row of X, in eval mode (the model's mode is restored afterwards)."""
+    """Predicted class per row of X (N, d_in) -> int64 (N,), in eval mode; the model's mode is restored
+    afterwards, also when the forward fails."""
+    _check_model(model)
+    check_features("X", X)
+    check_int("batch_size", batch_size, 1, "batch_size=4096")
     was_training = model.training
-    model.eval()
-    out = torch.cat([model(X[i:i + batch_size]).argmax(-1) for i in range(0, len(X), batch_size)])
-    model.train(was_training)
-    return out
+    try:
+        model.eval()
+        return torch.cat([model(X[i:i + batch_size]).argmax(-1) for i in range(0, len(X), batch_size)])
+    finally:
+        model.train(was_training)
 
 
 def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> float:
-    """Accuracy in [0, 1] of `model` on (X, y)."""
+    """Accuracy in [0, 1] of `model` on X (N, d_in) and y (N,) int64; y of shape (N, 1) is refused."""
+    check_features("X", X)
+    check_labels("y", y, len(X))
     return (predict(model, X, batch_size) == y).float().mean().item()
 
 
@@ -99,23 +143,47 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 1
           eval_every: int | None = None, progress: bool = True, desc: str = "train") -> dict[str, list]:
     """Minibatch training with cross-entropy; returns a history of lists.
 
-    Shuffling uses its own generator seeded by `seed`, so two calls with the same seed see the same
-    batches. Only `params` (default: every parameter with requires_grad) are optimised.
+    X: (N, d_in) floats, y: (N,) int64 in 0..n_classes-1. `seed` fixes everything random: the batch order
+    (a local generator) and dropout (drawn inside `torch.random.fork_rng`, seeded with `seed`), so two calls
+    with the same seed give the same losses and the caller's global RNG state is left exactly as it was.
+    Only `params` (default: every parameter with requires_grad) are optimised.
     History keys: step, epoch, loss (mean over the steps since the last record), seconds (training
     time so far, evaluation excluded) and, with `eval_data=(X_test, y_test)`, test_acc. A record is
-    written every `eval_every` steps (default: at the end of each epoch).
+    written every `eval_every` steps (default: at the end of each epoch). The model ends in eval mode.
+    Every argument (and every label against the model's output width) is checked before the first step;
+    if a step fails or the loss turns NaN/inf, the trained tensors, their grads, batch-norm statistics
+    and the model's mode are restored and the error is raised.
     """
+    _check_model(model)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {sorted(OPTIMIZERS)}")
-    if len(X) == 0:
-        raise ValueError("X has no rows (empty dataset): pass at least one example to train on")
-    if len(X) != len(y):
-        raise ValueError(f"X has {len(X)} rows but y has {len(y)} labels: pass one label per row")
-    if epochs < 1 or batch_size < 1 or lr <= 0:
+    check_features("X", X)
+    if not isinstance(y, torch.Tensor) or len(X) != len(y):
+        raise ValueError(f"X has {len(X)} rows but y has {len(y) if hasattr(y, '__len__') else y!r} labels: "
+                         "pass one label per row")
+    if (any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (epochs, batch_size))
+            or not isinstance(lr, Real) or not lr > 0):
         raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0; got {epochs}, {batch_size}, {lr}")
+    check_number("lr", lr, positive=True, example="lr=1e-3")
+    check_number("weight_decay", weight_decay, minimum=0, example="weight_decay=0.0")
+    check_seed(seed)
+    if eval_every is not None:
+        check_int("eval_every", eval_every, 1, "eval_every=10 (steps), or None for once per epoch")
     params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad (did you freeze everything?)")
+    n_classes = _output_width(model, X)
+    check_labels("y", y, len(X), n_classes)
+    if eval_data is not None:
+        if not isinstance(eval_data, (tuple, list)) or len(eval_data) != 2:
+            raise ValueError(f"eval_data must be a pair (X_test, y_test), got {type(eval_data).__name__}: "
+                             "pass eval_data=(X_test, y_test)")
+        check_features("X_test", eval_data[0])
+        if eval_data[0].shape[1:] != X.shape[1:]:
+            raise ValueError(f"X_test rows have shape {tuple(eval_data[0].shape[1:])}, X rows {tuple(X.shape[1:])}: "
+                             "pass test data with the training data's features")
+        check_labels("y_test", eval_data[1], len(eval_data[0]), n_classes)
+
     opt = OPTIMIZERS[optimizer](params, lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = -(-len(X) // batch_size)
@@ -124,31 +192,47 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 1
     if eval_data is not None:
         history["test_acc"] = []
     step, seconds, running = 0, 0.0, []
-    model.train()
+    was_training = model.training
+    # what a step can change: the trained tensors, their grads, batch-norm statistics (restored on failure)
+    stats = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for b in m.buffers()]
+    saved = [(t, t.detach().clone()) for t in params + stats]
+    grads = [(p, None if p.grad is None else p.grad.clone()) for p in params]
     bar = progress_bar(epochs * steps_per_epoch, desc, progress)
-    for epoch in range(epochs):
-        order = torch.randperm(len(X), generator=gen)
-        for i in range(0, len(X), batch_size):
-            t0 = time.perf_counter()
-            idx = order[i:i + batch_size]
-            loss = nn.functional.cross_entropy(model(X[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seconds += time.perf_counter() - t0
-            running.append(loss.item())
-            step += 1
-            bar.update(1)
-            if step % eval_every == 0 or step == epochs * steps_per_epoch:
-                history["step"].append(step)
-                history["epoch"].append(step / steps_per_epoch)
-                history["loss"].append(sum(running) / len(running))
-                history["seconds"].append(seconds)
-                running = []
-                if eval_data is not None:
-                    history["test_acc"].append(evaluate(model, *eval_data))
-                    model.train()
-                    bar.set_postfix(test_acc=f"{history['test_acc'][-1]:.3f}")
-    bar.close()
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # dropout draws: deterministic per seed, the caller's state is restored
+            model.train()
+            for epoch in range(epochs):
+                order = torch.randperm(len(X), generator=gen)
+                for i in range(0, len(X), batch_size):
+                    t0 = time.perf_counter()
+                    idx = order[i:i + batch_size]
+                    loss = training_step(model, opt, X[idx], y[idx]).item()
+                    seconds += time.perf_counter() - t0
+                    if not math.isfinite(loss):
+                        raise ValueError(f"the loss became {loss} at step {step + 1} (lr={lr}): training diverged; "
+                                         "the model was restored — lower lr")
+                    running.append(loss)
+                    step += 1
+                    bar.update(1)
+                    if step % eval_every == 0 or step == epochs * steps_per_epoch:
+                        history["step"].append(step)
+                        history["epoch"].append(step / steps_per_epoch)
+                        history["loss"].append(sum(running) / len(running))
+                        history["seconds"].append(seconds)
+                        running = []
+                        if eval_data is not None:
+                            history["test_acc"].append(evaluate(model, *eval_data))
+                            bar.set_postfix(test_acc=f"{history['test_acc'][-1]:.3f}")
+    except BaseException:
+        with torch.no_grad():
+            for t, copy in saved:
+                t.copy_(copy)
+        for p, g in grads:
+            p.grad = g
+        model.train(was_training)
+        raise
+    finally:
+        bar.close()
     model.eval()
     return history

@@ -9,25 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.lora import (LoRALinear, add_lora, count_parameters, load_adapter, merge_and_unload, merge_lora,
-                          print_trainable_parameters, save_adapter, unmerge_lora)
-from helpers.models import mlp
+from helpers.lora import LoRALinear, add_lora, load_adapter, merge_and_unload, merge_lora, save_adapter, unmerge_lora
+from helpers.models import count_parameters, mlp, print_trainable_parameters
+
+from conftest import assert_model_unchanged, snapshot_model
 
 SIZES = (6, 32, 24, 16, 3)  # fc1 6->32, fc2 32->24, fc3 24->16, head 16->3
-
-
-def snapshot(model):
-    """Everything that identifies a model's state: structure, tensors (exact bytes) and requires_grad flags."""
-    return (repr(model), {k: v.clone() for k, v in model.state_dict().items()},
-            {k: p.requires_grad for k, p in model.named_parameters()})
-
-
-def assert_unchanged(model, before):
-    after = snapshot(model)
-    assert after[0] == before[0]
-    assert after[1].keys() == before[1].keys()
-    assert all(torch.equal(after[1][k], before[1][k]) for k in before[1])
-    assert after[2] == before[2]
 
 
 def trained_lora(seed=0, r=4, alpha=8, rslora=False, targets=("fc2", "fc3")):
@@ -196,21 +183,21 @@ def test_suffix_matching_like_peft():
 ])
 def test_add_lora_bad_input_leaves_model_unchanged(targets, kwargs, message):
     model = mlp(SIZES)
-    before = snapshot(model)
+    before = snapshot_model(model)
     with pytest.raises(ValueError, match=message):
         add_lora(model, targets, **{"r": 2, "alpha": 2, **kwargs})
-    assert_unchanged(model, before)
+    assert_model_unchanged(model, before)
 
 
 def test_adapting_a_layer_twice_is_refused():
     model = add_lora(mlp(SIZES), ["fc2"], r=2, alpha=2)
-    before = snapshot(model)
+    before = snapshot_model(model)
     with pytest.raises(ValueError, match="already carry a LoRA adapter"):
         add_lora(model, ["fc2", "fc3"], r=2, alpha=2)
-    assert_unchanged(model, before)
+    assert_model_unchanged(model, before)
     with pytest.raises(ValueError, match="matches no module"):  # the insides of a LoRA layer are no targets
         add_lora(model, ["lora_A"], r=1, alpha=1)
-    assert_unchanged(model, before)
+    assert_model_unchanged(model, before)
 
 
 def test_merge_lora_and_merge_and_unload(x):
@@ -323,24 +310,24 @@ def test_load_adapter_bad_files_leave_model_unchanged(tmp_path, how, message):
     save_adapter(trained_lora(), tmp_path)
     corrupt(tmp_path, how)
     model = mlp(SIZES, seed=0)
-    before = snapshot(model)
+    before = snapshot_model(model)
     with pytest.raises(ValueError, match=message):
         load_adapter(model, tmp_path)
-    assert_unchanged(model, before)
+    assert_model_unchanged(model, before)
 
 
 def test_load_adapter_refuses_wrong_model_and_missing_folder(tmp_path):
     save_adapter(trained_lora(), tmp_path / "ad")
     wider = mlp((6, 32, 48, 16, 3))
-    before = snapshot(wider)
+    before = snapshot_model(wider)
     with pytest.raises(ValueError, match="needs"):
         load_adapter(wider, tmp_path / "ad")
-    assert_unchanged(wider, before)
+    assert_model_unchanged(wider, before)
     adapted = add_lora(mlp(SIZES), ["fc1"], r=1, alpha=1)
-    before = snapshot(adapted)
+    before = snapshot_model(adapted)
     with pytest.raises(ValueError, match="fresh base model"):
         load_adapter(adapted, tmp_path / "ad")
-    assert_unchanged(adapted, before)
+    assert_model_unchanged(adapted, before)
     with pytest.raises(ValueError, match="does not exist"):
         load_adapter(mlp(SIZES), tmp_path / "nowhere")
 

@@ -5,8 +5,10 @@ import torch
 from torch import nn
 
 from helpers import lora
-from helpers.models import mlp
-from helpers.quant import (DYNAMIC_CODES, NF4_CODES, LinearNF4, NF4Tensor, QLoRALinear, add_qlora,
+from helpers.models import count_parameters, mlp
+
+from conftest import unchanged
+from helpers.quant import (DYNAMIC_CODES, NF4_CODES, LinearNF4, QLoRALinear, add_qlora,
                            dequantize_nf4, import_bitsandbytes, pack_nibbles, quantize_int, quantize_model,
                            quantize_nf4, storage_bytes, unpack_nibbles)
 
@@ -241,7 +243,7 @@ def test_add_qlora_adapts_targets_and_freezes_the_rest(x):
     add_qlora(model, ["fc1", "fc2"], r=4, alpha=8)
     assert isinstance(model.fc1, QLoRALinear) and isinstance(model.fc2, QLoRALinear)
     assert isinstance(model.head, nn.Linear)
-    trainable, _ = lora.count_parameters(model)
+    trainable, _ = count_parameters(model)
     assert trainable == 4 * (100 + 64) + 4 * (64 + 48)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == [
         "fc1.lora_A.weight", "fc1.lora_B.weight", "fc2.lora_A.weight", "fc2.lora_B.weight"]
@@ -273,10 +275,6 @@ def test_qlora_adapter_saves_and_loads_with_helpers_lora(tmp_path, x):
     assert isinstance(fresh.fc1, QLoRALinear) and torch.equal(fresh(x), model(x))
 
 
-def _snapshot(model):
-    return [(n, type(m)) for n, m in model.named_modules()], {k: v.clone() for k, v in model.state_dict().items()}
-
-
 @pytest.mark.parametrize("args, fragment", [
     (dict(target_modules=["fc9"], r=2, alpha=4), "fc1, fc2, head"),
     (dict(target_modules=["act1"], r=2, alpha=4), "not nn.Linear"),
@@ -288,12 +286,8 @@ def _snapshot(model):
 ])
 def test_add_qlora_bad_input_leaves_the_model_unchanged(args, fragment):
     model = mlp((100, 64, 48, 3), seed=0)
-    before_modules, before_state = _snapshot(model)
-    with pytest.raises(ValueError, match=fragment):
+    with unchanged(models=[model]), pytest.raises(ValueError, match=fragment):
         add_qlora(model, **args)
-    after_modules, after_state = _snapshot(model)
-    assert after_modules == before_modules
-    assert all(torch.equal(before_state[k], v) for k, v in after_state.items())
     assert all(p.requires_grad for p in model.parameters())
 
 
@@ -301,19 +295,17 @@ def test_non_finite_weights_and_adapting_twice_leave_the_model_unchanged():
     model = mlp((100, 64, 48, 3), seed=0)
     with torch.no_grad():
         model.fc2.weight[0, 0] = float("nan")
-    before_modules, _ = _snapshot(model)
-    with pytest.raises(ValueError, match="'fc2' has NaN"):
-        add_qlora(model, ["fc1", "fc2"], r=2, alpha=4)
-    with pytest.raises(ValueError, match="'fc2' has NaN"):
-        quantize_model(model)
-    assert _snapshot(model)[0] == before_modules
+    with unchanged(models=[model]):
+        with pytest.raises(ValueError, match="'fc2' has NaN"):
+            add_qlora(model, ["fc1", "fc2"], r=2, alpha=4)
+        with pytest.raises(ValueError, match="'fc2' has NaN"):
+            quantize_model(model)
     model = add_qlora(mlp((100, 64, 48, 3), seed=0), ["fc1"], r=2, alpha=4)
-    before_modules, _ = _snapshot(model)
-    with pytest.raises(ValueError, match="already carry a LoRA adapter"):
-        add_qlora(model, ["fc1"], r=2, alpha=4)
-    with pytest.raises(ValueError, match="load_adapter"):
-        lora.merge_lora(model)
-    assert _snapshot(model)[0] == before_modules
+    with unchanged(models=[model]):
+        with pytest.raises(ValueError, match="already carry a LoRA adapter"):
+            add_qlora(model, ["fc1"], r=2, alpha=4)
+        with pytest.raises(ValueError, match="load_adapter"):
+            lora.merge_lora(model)
 
 
 # ------------------------------------------------------------------------------------------------ bitsandbytes

@@ -7,12 +7,9 @@ flags, .grad), the input tensors and every file in the test's directory (bytes a
 and compared. Loading adapters and data never unpickles: pickles planted under the names the loaders read
 would create a marker file if they were ever unpickled, and the marker must never appear.
 """
-import contextlib
 import json
-import math
 import os
 import pickle
-import re
 import shutil
 from pathlib import Path
 
@@ -26,93 +23,10 @@ from helpers import analysis, data, intrinsic, lora, memory, quant, subspace, tr
 from helpers.lora import LoRALinear, add_lora, load_adapter, save_adapter
 from helpers.models import mlp, n_params
 
+from conftest import assert_dir_unchanged, assert_model_unchanged, says, snapshot_dir, snapshot_model, unchanged
+
 SIZES = (6, 8, 5, 3)  # fc1 6->8, act1, fc2 8->5, act2, head 5->3: D = 56 + 45 + 18 = 119
 MARKER = "UNPICKLED"  # created by the planted pickles if anything ever unpickles them
-
-
-# ------------------------------------------------------------------------------------------ snapshots
-
-def _bytes(t: torch.Tensor) -> torch.Tensor:
-    """A tensor's raw bytes as a uint8 copy: equal iff byte-for-byte equal (NaN-safe, unlike torch.equal)."""
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).clone()
-
-
-def snapshot_tensor(t: torch.Tensor) -> tuple:
-    return t.dtype, tuple(t.shape), t.requires_grad, _bytes(t)
-
-
-def assert_tensor_unchanged(t: torch.Tensor, before: tuple) -> None:
-    dtype, shape, requires_grad, raw = before
-    assert (t.dtype, tuple(t.shape), t.requires_grad) == (dtype, shape, requires_grad)
-    assert torch.equal(_bytes(t), raw), "tensor bytes changed"
-
-
-def snapshot_model(model: nn.Module) -> dict:
-    """Structure (repr; name, type, identity and train/eval mode of every module), every state_dict tensor
-    (cloned bytes), requires_grad flags and .grad of every parameter."""
-    return {
-        "repr": repr(model),
-        "modules": [(name, type(m).__qualname__, id(m), m.training) for name, m in model.named_modules()],
-        "state": {k: snapshot_tensor(v) for k, v in model.state_dict(keep_vars=True).items()},
-        "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
-        "grad": {k: None if p.grad is None else _bytes(p.grad) for k, p in model.named_parameters()},
-    }
-
-
-def assert_model_unchanged(model: nn.Module, before: dict) -> None:
-    after = snapshot_model(model)
-    assert after["repr"] == before["repr"]
-    assert after["modules"] == before["modules"], "modules were added, removed, swapped or changed mode"
-    assert after["state"].keys() == before["state"].keys()
-    for k, (dtype, shape, _, raw) in before["state"].items():
-        a_dtype, a_shape, _, a_raw = after["state"][k]
-        assert (a_dtype, a_shape) == (dtype, shape), k
-        assert torch.equal(a_raw, raw), f"{k} changed"
-    assert after["requires_grad"] == before["requires_grad"]
-    assert after["grad"].keys() == before["grad"].keys()
-    for k, g in before["grad"].items():
-        assert (g is None) == (after["grad"][k] is None) and (g is None or torch.equal(g, after["grad"][k])), k
-
-
-def snapshot_dir(root: Path) -> dict:
-    """Every file and folder under `root`: relative path -> (bytes, mtime_ns); folders -> (None, mtime_ns)."""
-    root = Path(root)
-    out = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            p = Path(folder) / name
-            out[str(p.relative_to(root))] = (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
-    return out
-
-
-def assert_dir_unchanged(root: Path, before: dict) -> None:
-    after = snapshot_dir(root)
-    assert sorted(after) == sorted(before), f"files added or removed: {sorted(set(after) ^ set(before))}"
-    for k, (content, mtime) in before.items():
-        assert after[k][0] == content, f"{k}: contents changed"
-        assert after[k][1] == mtime, f"{k}: modified (mtime changed)"
-
-
-@contextlib.contextmanager
-def unchanged(models=(), dirs=(), tensors=(), frames=()):
-    """Snapshot models, directories, tensors and DataFrames; on exit assert each is exactly as before."""
-    models, dirs, tensors, frames = list(models), list(dirs), list(tensors), list(frames)
-    before = ([snapshot_model(m) for m in models], [snapshot_dir(d) for d in dirs],
-              [snapshot_tensor(t) for t in tensors], [f.copy(deep=True) for f in frames])
-    yield
-    for m, b in zip(models, before[0]):
-        assert_model_unchanged(m, b)
-    for d, b in zip(dirs, before[1]):
-        assert_dir_unchanged(d, b)
-    for t, b in zip(tensors, before[2]):
-        assert_tensor_unchanged(t, b)
-    for f, b in zip(frames, before[3]):
-        pd.testing.assert_frame_equal(f, b)
-
-
-def says(*fragments: str) -> str:
-    """A `match=` regex: the literal fragments, in this order, anywhere in the message."""
-    return "(?s)" + ".*".join(re.escape(f) for f in fragments)
 
 
 class Booby:

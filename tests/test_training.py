@@ -1,10 +1,89 @@
-"""helpers.training: the progress bar a saved notebook keeps, and the widget stand-in text."""
+"""helpers.training: train / evaluate / training_step, the progress bar a saved notebook keeps, and the widget
+stand-in text."""
 from unittest import mock
 
 import pytest
+import torch
+from torch import nn
 
 from helpers import training
+from helpers.models import mlp
 from helpers.plotting import show_interactive
+
+from conftest import says, unchanged
+
+SIZES = (6, 8, 3)
+
+
+def _task(n=24):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, SIZES[0], generator=g), torch.randint(0, SIZES[-1], (n,), generator=g)
+
+
+def test_same_seed_same_history_and_weights():
+    X, y = _task()
+    runs = [(m := mlp(SIZES, seed=1), training.train(m, X, y, epochs=3, batch_size=5, seed=4, progress=False))
+            for _ in range(2)]
+    assert runs[0][1]["loss"] == runs[1][1]["loss"]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][0].parameters(), runs[1][0].parameters()))
+    other = training.train(mlp(SIZES, seed=1), X, y, epochs=3, batch_size=5, seed=5, progress=False)
+    assert other["loss"] != runs[0][1]["loss"]
+
+
+@pytest.mark.parametrize("eval_every, steps", [(None, [5, 10, 15]), (2, [2, 4, 6, 8, 10, 12, 14, 15]),
+                                               (7, [7, 14, 15]), (100, [15])])
+def test_eval_every_sets_the_record_steps(eval_every, steps):
+    X, y = _task()
+    history = training.train(mlp(SIZES), X, y, epochs=3, batch_size=5, eval_every=eval_every, eval_data=(X, y),
+                             progress=False)
+    assert history["step"] == steps and len(history["test_acc"]) == len(steps)
+    assert history["epoch"][-1] == 3.0
+
+
+@pytest.mark.parametrize("mode", [True, False], ids=["from-train", "from-eval"])
+def test_train_ends_in_eval_mode_and_evaluate_keeps_the_mode(mode):
+    X, y = _task()
+    model = mlp(SIZES).train(mode)
+    training.evaluate(model, X, y)
+    assert model.training is mode
+    training.train(model, X, y, epochs=1, progress=False)
+    assert not model.training
+
+
+def test_a_refused_train_changes_nothing():
+    model, (X, y) = mlp(SIZES).train(), _task()
+    model(X).sum().backward()  # grads present before the call must survive it
+    with unchanged(models=[model], tensors=[X, y]), pytest.raises(ValueError, match=says("unknown optimizer",
+                                                                                         "choose one of")):
+        training.train(model, X, y, optimizer="lion", progress=False)
+
+
+def test_an_interrupted_train_changes_nothing():
+    model, (X, y) = mlp(SIZES).train(), _task()
+    calls = {"n": 0}
+
+    def interrupt(module, args):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise KeyboardInterrupt
+    model.fc1.register_forward_pre_hook(interrupt)
+    with unchanged(models=[model], tensors=[X, y]), pytest.raises(KeyboardInterrupt):
+        training.train(model, X, y, epochs=2, batch_size=4, progress=False)
+
+
+def test_training_step_takes_one_optimizer_step():
+    model, (X, y) = mlp(SIZES), _task()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = training.training_step(model, opt, X, y)
+    assert loss.shape == () and not loss.requires_grad
+    assert torch.isclose(loss, nn.functional.cross_entropy(mlp(SIZES)(X), y))
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_set_seed_refuses_a_float():
+    with pytest.raises(ValueError, match=says("seed must be an integer, got 0.5", "seed=0")):
+        training.set_seed(0.5)
 
 
 class FakeHandle:
