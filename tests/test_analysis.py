@@ -35,21 +35,6 @@ def test_energy_and_effective_rank_of_a_low_rank_matrix():
     assert effective_rank(torch.eye(10), 0.9) == 9
 
 
-@pytest.mark.parametrize("A1, A2, match", [
-    (torch.randn(4, 10), torch.randn(4, 11), "same input size k"),
-    (torch.randn(10), torch.randn(4, 10), "2-D tensor"),
-    (torch.full((2, 3), float("nan")), torch.randn(2, 3), "NaN"),
-])
-def test_bad_inputs(A1, A2, match):
-    with pytest.raises(ValueError, match=match):
-        subspace_similarity(A1, A2)
-
-
-def test_zero_matrix_has_no_energy():
-    with pytest.raises(ValueError, match="all zeros"):
-        energy_captured(torch.zeros(3, 3))
-
-
 def _counted_flops(model, batch=16):
     from torch.utils.flop_counter import FlopCounterMode
     g = torch.Generator().manual_seed(0)
@@ -80,7 +65,3 @@ def test_step_flops_subspace_adds_the_projection():
     assert dense["model"] == full and dense["extra"] == 4 * 199_210 * 500
     fastfood = training_step_flops(sizes, 128, "subspace", d=1000, projection="fastfood")
     assert fastfood["extra"] == 2 * 195 * (2 * 1024 * 10 + 3 * 1024)
-    with pytest.raises(ValueError, match="1 <= d <= D"):
-        training_step_flops(sizes, 128, "subspace", d=0)
-    with pytest.raises(ValueError, match="needs r"):
-        training_step_flops(sizes, 128, "lora")

@@ -1,6 +1,5 @@
 import gzip
 import hashlib
-import shutil
 
 import numpy as np
 import pytest
@@ -22,29 +21,6 @@ def test_mnist_5k_shapes_ranges_and_stratified_split():
     assert not any(bytes(r) in train_rows for r in (X_test * 255).round().to(torch.uint8).numpy())
 
 
-def test_unknown_subset_names_the_choices():
-    with pytest.raises(ValueError, match="subset='5k'.*subset='full'"):
-        load_mnist("10k")
-
-
-def test_missing_5k_file_says_how_to_restore(tmp_path):
-    with pytest.raises(ValueError, match="git checkout"):
-        load_mnist("5k", data_dir=tmp_path)
-    assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.parametrize("damage", ["truncate", "flip"])
-def test_damaged_5k_file_fails_checksum_and_is_left_as_is(tmp_path, damage):
-    copy = tmp_path / data.MNIST_5K_FILE
-    shutil.copy(data.DATA_DIR / data.MNIST_5K_FILE, copy)
-    raw = bytearray(copy.read_bytes())
-    raw = raw[: len(raw) // 2] if damage == "truncate" else raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:]
-    copy.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match="corrupted or truncated"):
-        load_mnist("5k", data_dir=tmp_path)
-    assert copy.read_bytes() == bytes(raw)
-
-
 def _write_idx(path, array, compress):
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
     payload = header + array.astype(np.uint8).tobytes()
@@ -57,22 +33,6 @@ def test_idx_parser_reads_what_was_written(tmp_path, compress):
     images = np.arange(2 * 3 * 4).reshape(2, 3, 4) % 256
     got = read_idx(_write_idx(tmp_path / "x.idx", images, compress))
     assert got.shape == (2, 3, 4) and (got == images).all()
-
-
-def test_idx_parser_rejects_truncated_and_bad_magic(tmp_path):
-    path = _write_idx(tmp_path / "x.idx", np.ones((3, 5)), compress=False)
-    path.write_bytes(path.read_bytes()[:-2])
-    with pytest.raises(ValueError, match="truncated"):
-        read_idx(path)
-    path.write_bytes(b"\x00\x00\x0d\x01" + b"\x00" * 8)  # float idx: not MNIST
-    with pytest.raises(ValueError, match="bad magic"):
-        read_idx(path)
-
-
-def test_full_mnist_without_files_or_network_says_where_to_put_them(tmp_path):
-    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz.*mnist"):
-        load_mnist("full", data_dir=tmp_path, download=False)
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_full_mnist_loads_verified_idx_files(tmp_path, monkeypatch):
@@ -99,8 +59,6 @@ def test_select_classes_relabels_in_given_order():
     y = torch.tensor([5, 0, 6, 5, 9, 1])
     Xs, ys = select_classes(X, y, [6, 5])
     assert Xs.squeeze(1).tolist() == [0.0, 2.0, 3.0] and ys.tolist() == [1, 0, 1]
-    with pytest.raises(ValueError, match="distinct digits"):
-        select_classes(X, y, [5, 5])
 
 
 def test_make_moons_is_seeded_balanced_and_rotates():

@@ -2,7 +2,6 @@
 import copy
 import json
 import math
-import re
 import warnings
 
 import pytest
@@ -11,8 +10,6 @@ from torch import nn
 
 from helpers.lora import LoRALinear, add_lora, load_adapter, merge_and_unload, merge_lora, save_adapter, unmerge_lora
 from helpers.models import count_parameters, mlp, print_trainable_parameters
-
-from conftest import assert_model_unchanged, snapshot_model
 
 SIZES = (6, 32, 24, 16, 3)  # fc1 6->32, fc2 32->24, fc3 24->16, head 16->3
 
@@ -117,18 +114,6 @@ def test_merge_unmerge_round_trip_and_idempotence():
     torch.testing.assert_close(layer(xs), unmerged, atol=1e-6, rtol=0)
 
 
-def test_layer_rejects_bad_arguments():
-    for kwargs, word in [({"r": 0, "alpha": 1}, "r must"), ({"r": -2, "alpha": 1}, "r must"),
-                         ({"r": 2.0, "alpha": 1}, "r must"), ({"r": 11, "alpha": 1}, "min(d_in, d_out)"),
-                         ({"r": 2, "alpha": 0}, "alpha"), ({"r": 2, "alpha": -1}, "alpha"),
-                         ({"r": 2, "alpha": 1, "dropout": 1.0}, "dropout"),
-                         ({"r": 2, "alpha": 1, "dropout": -0.1}, "dropout")]:
-        with pytest.raises(ValueError, match=re.escape(word)):
-            LoRALinear(nn.Linear(10, 12), **kwargs)
-    with pytest.raises(ValueError, match="in_features"):
-        LoRALinear(nn.ReLU(), r=1, alpha=1)
-
-
 # ---- model surgery -------------------------------------------------------------------------------------------
 
 def test_add_lora_replaces_targets_and_freezes_the_rest(x):
@@ -172,34 +157,6 @@ def test_suffix_matching_like_peft():
     assert {n for n, m in regex.named_modules() if isinstance(m, LoRALinear)} == {"fc2", "fc3"}
 
 
-@pytest.mark.parametrize("targets, kwargs, message", [
-    (["fc9"], {}, "matches no module.*nn.Linear layers in this model: fc1, fc2, fc3, head"),
-    (["act1"], {}, "act1 \\(ReLU\\) are not nn.Linear"),
-    ([], {}, "non-empty list"),
-    (["fc2", "fc1"], {"r": 8}, "r=8 is larger than min\\(d_in, d_out\\) = min\\(6, 32\\) of layer 'fc1'"),
-    (["fc2"], {"r": 0}, "r must be a positive integer"),
-    (["fc2"], {"alpha": 0.0}, "alpha must be a positive"),
-    (["fc2"], {"dropout": 1.0}, "dropout must be in \\[0, 1\\)"),
-])
-def test_add_lora_bad_input_leaves_model_unchanged(targets, kwargs, message):
-    model = mlp(SIZES)
-    before = snapshot_model(model)
-    with pytest.raises(ValueError, match=message):
-        add_lora(model, targets, **{"r": 2, "alpha": 2, **kwargs})
-    assert_model_unchanged(model, before)
-
-
-def test_adapting_a_layer_twice_is_refused():
-    model = add_lora(mlp(SIZES), ["fc2"], r=2, alpha=2)
-    before = snapshot_model(model)
-    with pytest.raises(ValueError, match="already carry a LoRA adapter"):
-        add_lora(model, ["fc2", "fc3"], r=2, alpha=2)
-    assert_model_unchanged(model, before)
-    with pytest.raises(ValueError, match="matches no module"):  # the insides of a LoRA layer are no targets
-        add_lora(model, ["lora_A"], r=1, alpha=1)
-    assert_model_unchanged(model, before)
-
-
 def test_merge_lora_and_merge_and_unload(x):
     model = trained_lora()
     unmerged = model(x)
@@ -213,8 +170,6 @@ def test_merge_lora_and_merge_and_unload(x):
     assert type(plain.fc2) is nn.Linear
     assert [n for n, _ in plain.named_parameters()] == [n for n, _ in mlp(SIZES).named_parameters()]
     torch.testing.assert_close(plain(x), unmerged, atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="no LoRA layers"):
-        merge_and_unload(plain)
 
 
 # ---- adapter files -------------------------------------------------------------------------------------------
@@ -248,95 +203,6 @@ def test_save_load_round_trip(tmp_path, x):
     assert torch.equal(fresh(x), model(x))
     assert fresh.fc2.rslora and fresh.fc2.scaling == model.fc2.scaling and fresh.fc2.lora_dropout.p == 0.1
     assert count_parameters(fresh) == count_parameters(model)
-
-
-def test_save_refuses_models_without_or_with_mixed_adapters(tmp_path):
-    with pytest.raises(ValueError, match="no LoRA layers"):
-        save_adapter(mlp(SIZES), tmp_path / "a")
-    mixed = add_lora(add_lora(mlp(SIZES), ["fc2"], r=2, alpha=2), ["fc3"], r=4, alpha=2)
-    with pytest.raises(ValueError, match="disagree"):
-        save_adapter(mixed, tmp_path / "b")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-
-
-def corrupt(directory, how):
-    weights, config_path = directory / "adapter_model.safetensors", directory / "adapter_config.json"
-    config = json.loads(config_path.read_text())
-    from safetensors.torch import load_file, save_file
-    tensors = load_file(weights)
-    if how == "no weights":
-        weights.unlink()
-    elif how == "no config":
-        config_path.unlink()
-    elif how == "truncated weights":
-        weights.write_bytes(weights.read_bytes()[:100])
-    elif how == "garbled config":
-        config_path.write_text('{"peft_type": "LORA", "r": ')
-    elif how == "missing key":
-        del tensors["base_model.model.fc3.lora_B.weight"]
-        save_file(tensors, weights)
-    elif how == "unexpected key":
-        tensors["base_model.model.head.weight"] = torch.zeros(3, 16)
-        save_file(tensors, weights)
-    elif how == "wrong shape":
-        tensors["base_model.model.fc2.lora_A.weight"] = torch.zeros(4, 31)
-        save_file(tensors, weights)
-    elif how in ("wrong r", "other targets", "unknown target", "dora", "bias", "not lora", "bad alpha"):
-        config.update({"wrong r": {"r": 2}, "other targets": {"target_modules": ["fc2", "head"]},
-                       "unknown target": {"target_modules": ["q_proj"]}, "dora": {"use_dora": True},
-                       "bias": {"bias": "all"}, "not lora": {"peft_type": "IA3"},
-                       "bad alpha": {"lora_alpha": -1}}[how])
-        config_path.write_text(json.dumps(config))
-    return directory
-
-
-@pytest.mark.parametrize("how, message", [
-    ("no weights", "adapter_model.safetensors is missing"),
-    ("no config", "adapter_config.json is missing"),
-    ("truncated weights", "corrupt or truncated"),
-    ("garbled config", "not valid JSON"),
-    ("missing key", "missing key base_model.model.fc3.lora_B.weight"),
-    ("unexpected key", "unexpected tensor 'base_model.model.head.weight'"),
-    ("wrong shape", "has shape \\(4, 31\\).*needs \\(4, 32\\)"),
-    ("wrong r", "has shape \\(4, 32\\).*needs \\(2, 32\\)"),
-    ("other targets", "adapter and model disagree"),
-    ("unknown target", "'q_proj' matches no module.*fc1, fc2, fc3, head"),
-    ("dora", "use_dora=True"),
-    ("bias", "bias='all'"),
-    ("not lora", "peft_type='IA3'"),
-    ("bad alpha", "alpha must be a positive"),
-])
-def test_load_adapter_bad_files_leave_model_unchanged(tmp_path, how, message):
-    save_adapter(trained_lora(), tmp_path)
-    corrupt(tmp_path, how)
-    model = mlp(SIZES, seed=0)
-    before = snapshot_model(model)
-    with pytest.raises(ValueError, match=message):
-        load_adapter(model, tmp_path)
-    assert_model_unchanged(model, before)
-
-
-def test_load_adapter_refuses_wrong_model_and_missing_folder(tmp_path):
-    save_adapter(trained_lora(), tmp_path / "ad")
-    wider = mlp((6, 32, 48, 16, 3))
-    before = snapshot_model(wider)
-    with pytest.raises(ValueError, match="needs"):
-        load_adapter(wider, tmp_path / "ad")
-    assert_model_unchanged(wider, before)
-    adapted = add_lora(mlp(SIZES), ["fc1"], r=1, alpha=1)
-    before = snapshot_model(adapted)
-    with pytest.raises(ValueError, match="fresh base model"):
-        load_adapter(adapted, tmp_path / "ad")
-    assert_model_unchanged(adapted, before)
-    with pytest.raises(ValueError, match="does not exist"):
-        load_adapter(mlp(SIZES), tmp_path / "nowhere")
-
-
-def test_load_never_unpickles(tmp_path):
-    save_adapter(trained_lora(), tmp_path)
-    (tmp_path / "adapter_model.safetensors").rename(tmp_path / "adapter_model.bin")
-    with pytest.raises(ValueError, match="never unpickled"):
-        load_adapter(mlp(SIZES), tmp_path)
 
 
 # ---- cross-checks against peft -------------------------------------------------------------------------------

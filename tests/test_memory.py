@@ -66,29 +66,3 @@ def test_qlora_base_is_about_4_bits_per_param():
     assert q["total"] < finetune_memory("LLaMA-2 7B", "lora", r=8)["total"] / 3
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(n_params=-1), "must be >= 0"),
-    (dict(n_params=10, n_trainable=-5), "must be >= 0"),
-    (dict(n_params=10, n_trainable=20), "exceeds n_params"),
-    (dict(n_params=10, optimizer="lion"), "unknown optimizer 'lion': choose one of"),
-    (dict(n_params=10, precision="fp8"), "unknown precision 'fp8': choose one of"),
-    (dict(n_params=10, frozen_dtype="int3"), "unknown frozen_dtype"),
-])
-def test_bad_inputs_name_the_problem(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        training_memory(**kwargs)
-
-
-def test_calculator_bad_inputs():
-    with pytest.raises(ValueError, match="unknown method 'prefix'"):
-        finetune_memory(method="prefix")
-    with pytest.raises(ValueError, match="unknown model"):
-        finetune_memory(model="GPT-5")
-    with pytest.raises(ValueError, match=">= 1"):
-        finetune_memory(method="lora", r=0)
-
-
-def test_measuring_a_fully_frozen_model_is_a_clear_error(batch):
-    model = mlp().requires_grad_(False)
-    with pytest.raises(ValueError, match="no parameter requires grad"):
-        measure_training_memory(model, *batch)

@@ -127,13 +127,14 @@ def test_load_mnist_unknown_subset(subset, mnist_dir):
 
 
 def test_load_mnist_unknown_subset_leaves_the_bundled_file_alone():
-    with unchanged(dirs=[data.DATA_DIR]), pytest.raises(ValueError, match="unknown MNIST subset"):
+    with unchanged(dirs=[data.DATA_DIR]), pytest.raises(ValueError, match=says("unknown MNIST subset '10k'",
+                                                                              "use subset='5k'", "subset='full'")):
         data.load_mnist("10k")
 
 
-def _flip_byte(path: Path) -> None:
+def _flip_byte(path: Path, at=None) -> None:
     raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
+    raw[len(raw) // 2 if at is None else at] ^= 0xFF
     path.write_bytes(bytes(raw))
 
 
@@ -141,7 +142,8 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-@pytest.mark.parametrize("damage", [_flip_byte, _truncate], ids=["one-byte-flipped", "truncated"])
+@pytest.mark.parametrize("damage", [_flip_byte, lambda path: _flip_byte(path, at=100), _truncate],
+                         ids=["one-byte-flipped", "header-byte-flipped", "truncated"])
 def test_load_mnist_corrupted_copy(damage, mnist_dir):
     damage(mnist_dir / data.MNIST_5K_FILE)
     with unchanged(dirs=[mnist_dir]), pytest.raises(
@@ -193,8 +195,8 @@ def test_load_mnist_raw_pickle_named_like_the_data_is_never_unpickled(mnist_dir,
 
 def test_load_mnist_full_without_files_and_download_off(tmp_path):
     with unchanged(dirs=[tmp_path]), pytest.raises(
-            ValueError, match=says("full MNIST needs train-images-idx3-ubyte.gz", "download was off",
-                                   "load_mnist('full', download=True)")):
+            ValueError, match=says("full MNIST needs train-images-idx3-ubyte.gz", f"in {tmp_path / 'mnist'}",
+                                   "download was off", "load_mnist('full', download=True)")):
         data.load_mnist("full", data_dir=tmp_path, download=False)
     assert not (tmp_path / "mnist").exists()
 
@@ -213,7 +215,9 @@ def test_load_mnist_full_with_wrong_files_deletes_nothing(tmp_path):
     (b"\x00\x00\x0d\x01" + b"\x00" * 8, ("not an unsigned-byte idx file", "bad magic 00000d01", "re-download")),
     (b"\x00\x00\x08\x01" + (10).to_bytes(4, "big") + b"\x01" * 7,
      ("is truncated", "shape (10,)", "but 7 bytes follow", "download it again")),
-], ids=["bad-magic", "truncated"])
+    (b"\x00\x00\x08\x02" + (3).to_bytes(4, "big") + (5).to_bytes(4, "big") + b"\x01" * 13,
+     ("is truncated", "shape (3, 5) (15 bytes)", "but 13 bytes follow", "download it again")),
+], ids=["bad-magic", "truncated", "truncated-2d"])
 def test_read_idx_bad_files(raw, fragments, tmp_path):
     path = tmp_path / "labels-idx1-ubyte"
     path.write_bytes(raw)
@@ -308,6 +312,14 @@ def test_train_bad_arguments(freeze, kwargs, fragments):
         training.train(model, X, y, **{"epochs": 10, "progress": False, **kwargs})
 
 
+def test_train_refused_in_train_mode_keeps_the_mode_and_the_grads():
+    model, (X, y) = mlp(SIZES).train(), _task()
+    model(X).sum().backward()  # grads present before the call must survive it
+    with unchanged(models=[model], tensors=[X, y]), pytest.raises(ValueError, match=says("unknown optimizer 'lion'",
+                                                                                         "choose one of")):
+        training.train(model, X, y, optimizer="lion", progress=False)
+
+
 @pytest.mark.parametrize("n_X, n_y", [(20, 23), (20, 17)], ids=["more-labels", "fewer-labels"])
 def test_train_rows_and_labels_disagree(n_X, n_y):
     model = mlp(SIZES).eval()
@@ -331,6 +343,7 @@ def test_train_on_no_data():
     (["fc2"], dict(r=2.0), ("r must be a positive integer", "got 2.0", "use e.g. r=4")),
     (["fc2"], dict(r=6), ("r=6 is larger than min(d_in, d_out) = min(8, 5) of layer 'fc2'", "lower r",
                           "leave 'fc2' out of target_modules")),
+    (["fc1", "fc2"], dict(r=6), ("r=6 is larger than min(d_in, d_out) = min(8, 5) of layer 'fc2'", "lower r")),
     (["fc2"], dict(alpha=0), ("alpha must be a positive number", "got 0", "use e.g. alpha=r")),
     (["fc2"], dict(alpha=-1.5), ("alpha must be a positive number", "got -1.5", "alpha=2*r")),
     (["fc2"], dict(alpha=float("nan")), ("alpha must be a positive number", "got nan", "alpha=r")),
@@ -347,30 +360,44 @@ def test_train_on_no_data():
     (None, {}, ("target_modules must be a list of layer names", "got None", "e.g. ['fc2', 'fc3']")),
     pytest.param("fc[", {}, ("fc[", "regex", "fc1, fc2, head")),
     pytest.param(5, {}, ("target_modules must be a list of layer names", "got 5")),
-], ids=["r-zero", "r-negative", "r-float", "r-above-min-dim", "alpha-zero", "alpha-negative", "alpha-nan",
-        "dropout-one", "dropout-negative", "rslora-not-bool", "no-match", "one-of-two-missing", "regex-no-match",
-        "not-linear", "linear-and-not-linear", "empty-list", "empty-string", "none", "invalid-regex", "int"])
+], ids=["r-zero", "r-negative", "r-float", "r-above-min-dim", "r-above-min-dim-of-later-target", "alpha-zero",
+        "alpha-negative", "alpha-nan", "dropout-one", "dropout-negative", "rslora-not-bool", "no-match",
+        "one-of-two-missing", "regex-no-match", "not-linear", "linear-and-not-linear", "empty-list", "empty-string",
+        "none", "invalid-regex", "int"])
 def test_add_lora_bad_arguments(targets, kwargs, fragments):
     model = mlp(SIZES)
     with unchanged(models=[model]), pytest.raises(ValueError, match=says(*fragments)):
         add_lora(model, targets, **{"r": 2, "alpha": 4, **kwargs})
 
 
-def test_add_lora_twice_on_the_same_layer():
+@pytest.mark.parametrize("targets, fragments", [
+    (["fc1", "fc2"], ("fc1 already carry a LoRA adapter", "adapting a layer twice is not supported",
+                      "call merge_and_unload(model) first")),
+    (["lora_A"], ("target module 'lora_A' matches no module", "nn.Linear layers in this model: fc2, head")),
+], ids=["adapted-layer", "inside-of-a-lora-layer"])
+def test_add_lora_twice_on_the_same_layer(targets, fragments):
     model = add_lora(mlp(SIZES), ["fc1"], r=2, alpha=4)
     with torch.no_grad():
         model.fc1.lora_B.weight.fill_(0.5)  # as after training: the adapter's state must survive too
-    with unchanged(models=[model]), pytest.raises(
-            ValueError, match=says("fc1 already carry a LoRA adapter", "adapting a layer twice is not supported",
-                                   "call merge_and_unload(model) first")):
-        add_lora(model, ["fc1", "fc2"], r=2, alpha=4)
+    with unchanged(models=[model]), pytest.raises(ValueError, match=says(*fragments)):
+        add_lora(model, targets, r=2, alpha=4)
 
 
-def test_lora_linear_over_a_non_linear():
-    relu = nn.ReLU()
-    with unchanged(models=[relu]), pytest.raises(ValueError, match=says("base must have in_features",
-                                                                        "got ReLU", "wrap an nn.Linear")):
-        LoRALinear(relu, 2, 4)
+@pytest.mark.parametrize("base, kwargs, fragments", [
+    (nn.Linear(10, 12), dict(r=0), ("r must be a positive integer", "got 0", "use e.g. r=4")),
+    (nn.Linear(10, 12), dict(r=-2), ("r must be a positive integer", "got -2")),
+    (nn.Linear(10, 12), dict(r=2.0), ("r must be a positive integer", "got 2.0")),
+    (nn.Linear(10, 12), dict(r=11), ("r=11 is larger than min(d_in, d_out) = min(10, 12)", "lower r")),
+    (nn.Linear(10, 12), dict(alpha=0), ("alpha must be a positive number", "got 0", "use e.g. alpha=r")),
+    (nn.Linear(10, 12), dict(alpha=-1), ("alpha must be a positive number", "got -1")),
+    (nn.Linear(10, 12), dict(dropout=1.0), ("dropout must be in [0, 1)", "got 1.0", "use 0.0 to switch it off")),
+    (nn.Linear(10, 12), dict(dropout=-0.1), ("dropout must be in [0, 1)", "got -0.1")),
+    (nn.ReLU(), {}, ("base must have in_features", "got ReLU", "wrap an nn.Linear")),
+], ids=["r-zero", "r-negative", "r-float", "r-above-min-dim", "alpha-zero", "alpha-negative", "dropout-one",
+        "dropout-negative", "not-linear"])
+def test_lora_linear_bad_arguments(base, kwargs, fragments):
+    with unchanged(models=[base]), pytest.raises(ValueError, match=says(*fragments)):
+        LoRALinear(base, **{"r": 2, "alpha": 4, **kwargs})
 
 
 def test_merge_and_unload_without_lora():
@@ -395,8 +422,10 @@ def test_save_adapter_onto_a_file(tmp_path):
         save_adapter(model, tmp_path / "notes.txt")
 
 
-def test_save_adapter_with_mixed_settings_keeps_the_old_adapter(tmp_path):
-    save_adapter(trained_lora(), tmp_path / "adapter")
+@pytest.mark.parametrize("old_adapter", [True, False], ids=["over-an-old-adapter", "new-folder"])
+def test_save_adapter_with_mixed_settings_keeps_the_old_adapter(old_adapter, tmp_path):
+    if old_adapter:
+        save_adapter(trained_lora(), tmp_path / "adapter")
     mixed = add_lora(add_lora(mlp(SIZES), ["fc1"], r=2, alpha=4), ["fc2"], r=1, alpha=4)
     with unchanged(models=[mixed], dirs=[tmp_path]), pytest.raises(
             ValueError, match=says("disagree on (r, alpha, dropout, rslora)", "single add_lora call")):
@@ -512,6 +541,15 @@ LOAD_CASES = [
          (f"missing key {B2}", "the file is incomplete", "save the adapter again")),
     case("unexpected-tensor", edit_weights(lambda t: t.update(bias=torch.zeros(3))), SIZES,
          ("unexpected tensor 'bias'", "this is not a plain LoRA adapter")),
+    case("unexpected-base-weight",
+         edit_weights(lambda t: t.update({"base_model.model.head.weight": torch.zeros(3, 5)})), SIZES,
+         ("unexpected tensor 'base_model.model.head.weight'", "this is not a plain LoRA adapter")),
+    case("tensor-wrong-shape", edit_weights(lambda t: t.update({A1: torch.zeros(2, 5)})), SIZES,
+         (f"{A1} has shape (2, 5)", "layer 'fc1' (8x6) with r=2 needs (2, 6)",
+          "load it into the base model it was trained on")),
+    case("config-targets-other-layer", edit_config(target_modules=["fc1", "head"]), SIZES,
+         ("adapter and model disagree", "missing weights for ['head']", "weights for no targeted layer: ['fc2']",
+          "load it into the base model it was trained on")),
     case("weights-for-another-layer", edit_weights(lambda t: t.update(
         {k.replace("fc2", "head"): t.pop(k) for k in [k for k in t if ".fc2." in k]})), SIZES,
          ("adapter and model disagree", "missing weights for ['fc2']", "weights for no targeted layer: ['head']",
@@ -534,9 +572,10 @@ def test_load_adapter_rejects(damage, sizes, fragments, tmp_path):
     assert not (tmp_path / MARKER).exists(), "a planted pickle was unpickled"
 
 
-def test_load_adapter_into_a_model_that_already_has_lora(tmp_path):
+@pytest.mark.parametrize("adapted", ["head", "fc1"], ids=["a-layer-the-adapter-skips", "a-layer-the-adapter-targets"])
+def test_load_adapter_into_a_model_that_already_has_lora(adapted, tmp_path):
     folder = save_adapter(trained_lora(), tmp_path / "adapter")
-    model = add_lora(mlp(SIZES), ["head"], r=1, alpha=1)
+    model = add_lora(mlp(SIZES), [adapted], r=1, alpha=1)
     with unchanged(models=[model], dirs=[tmp_path]), pytest.raises(
             ValueError, match=says("already has LoRA layers", "load the adapter into a fresh base model")):
         load_adapter(model, folder)
@@ -556,39 +595,49 @@ def test_load_adapter_with_qlora_inject_checks_before_quantising(tmp_path):
     (torch.randn(128), dict(block_size=48), ("block_size must be a power of two", "got 48",
                                              "QLoRA uses block_size=64")),
     (torch.randn(128), dict(block_size=0), ("block_size must be a power of two >= 2", "got 0", "block_size=64")),
+    (torch.randn(128), dict(block_size=-64), ("block_size must be a power of two >= 2", "got -64", "block_size=64")),
+    (torch.randn(128), dict(block_size=1), ("block_size must be a power of two >= 2", "got 1", "block_size=64")),
     (torch.randn(128), dict(block_size=64.0), ("block_size must be a power of two", "got 64.0", "block_size=64")),
+    (torch.randn(128), dict(block_size=True), ("block_size must be a power of two", "got True", "block_size=64")),
     (torch.randn(128), dict(dq_block_size=100), ("dq_block_size must be a power of two", "got 100",
                                                  "QLoRA uses dq_block_size=256")),
+    (torch.randn(128), dict(dq_block_size=0), ("dq_block_size must be a power of two >= 2", "got 0",
+                                               "QLoRA uses dq_block_size=256")),
     (torch.randn(128), dict(double_quant=False, dq_block_size=256),
      ("dq_block_size=256 only applies to double quantisation", "drop dq_block_size or pass double_quant=True")),
     (torch.randn(128), dict(double_quant=1), ("double_quant must be True or False", "got 1")),
+    (torch.randn(128), dict(double_quant="yes"), ("double_quant must be True or False", "got 'yes'")),
     (torch.tensor([0.5, float("nan"), -1.0]), {}, ("contains NaN or inf", "torch.nan_to_num")),
     (torch.tensor([0.5, float("inf")]), {}, ("contains NaN or inf", "replace them")),
     (torch.arange(8, dtype=torch.int32), {}, ("floating-point weights, got dtype torch.int32",
                                               "convert first, e.g. w.float()")),
     (torch.ones(8, dtype=torch.bool), {}, ("got dtype torch.bool", "w.float()")),
     (torch.ones(0, 4), {}, ("cannot quantise an empty tensor (shape (0, 4))", "at least one element")),
-], ids=["block-48", "block-0", "block-float", "dq-block-100", "dq-block-without-dq", "dq-not-bool",
-        "nan-weights", "inf-weights", "int-weights", "bool-weights", "empty"])
+], ids=["block-48", "block-0", "block-negative", "block-1", "block-float", "block-bool", "dq-block-100",
+        "dq-block-0", "dq-block-without-dq", "dq-not-bool", "dq-str", "nan-weights", "inf-weights", "int-weights",
+        "bool-weights", "empty"])
 def test_quantize_nf4_bad_inputs(w, kwargs, fragments):
     with unchanged(tensors=[w]), pytest.raises(ValueError, match=says(*fragments)):
         quant.quantize_nf4(w, **kwargs)
 
 
-def test_quantize_nf4_not_a_tensor():
-    with pytest.raises(ValueError, match=says("expected a torch.Tensor of weights, got ndarray",
+@pytest.mark.parametrize("w, kind", [(np.ones(8, np.float32), "ndarray"), ([1.0, 2.0], "list")],
+                         ids=["ndarray", "list"])
+def test_quantize_nf4_not_a_tensor(w, kind):
+    with pytest.raises(ValueError, match=says(f"expected a torch.Tensor of weights, got {kind}",
                                               "pass e.g. layer.weight")):
-        quant.quantize_nf4(np.ones(8, np.float32))
+        quant.quantize_nf4(w)
 
 
 @pytest.mark.parametrize("call, fragments", [
     (lambda w: quant.quantize_int(w, 9), ("bits must be an integer in 2..8", "got 9", "bits=8 for int8")),
+    (lambda w: quant.quantize_int(w, 1), ("bits must be an integer in 2..8", "got 1", "bits=8 for int8")),
     (lambda w: quant.quantize_int(w, 8, block_size=0), ("block_size must be a positive integer", "got 0",
-                                                        "e.g. 64")),
+                                                        "e.g. 64", "or d_in per row")),
     (lambda w: quant.dequantize_nf4(w), ("expected an NF4Tensor (from quantize_nf4)", "got Tensor")),
     (lambda w: quant.pack_nibbles(torch.tensor([3, 16])), ("codes must lie in 0..15", "maximum of 16",
                                                            "pass level indices")),
-], ids=["int-bits-9", "int-block-0", "dequantize-a-tensor", "pack-code-16"])
+], ids=["int-bits-9", "int-bits-1", "int-block-0", "dequantize-a-tensor", "pack-code-16"])
 def test_quant_functions_bad_inputs(call, fragments):
     w = torch.randn(4, 16)
     with unchanged(tensors=[w]), pytest.raises(ValueError, match=says(*fragments)):
@@ -606,23 +655,36 @@ def test_linear_nf4_over_a_non_linear():
     (["fc9"], {}, ("target module 'fc9' matches no module",
                    "nn.Linear/LinearNF4 layers in this model: fc1, fc2, head")),
     (["act1"], {}, ("act1 (ReLU) are not nn.Linear/LinearNF4", "remove them from target_modules")),
+    (["fc2"], dict(r=0), ("r must be a positive integer", "got 0", "use e.g. r=4")),
     (["fc2"], dict(r=6), ("r=6 is larger than min(d_in, d_out)", "lower r")),
+    (["fc1", "fc2"], dict(r=6), ("r=6 is larger than min(d_in, d_out) = min(8, 5) of layer 'fc2'", "lower r")),
     (["fc2"], dict(block_size=3), ("block_size must be a power of two", "got 3", "QLoRA uses block_size=64")),
+    (["fc2"], dict(double_quant="no"), ("double_quant must be True or False", "got 'no'")),
     (["fc2"], dict(alpha=0), ("alpha must be a positive number", "use e.g. alpha=r")),
-], ids=["no-match", "not-linear", "r-too-large", "block-3", "alpha-zero"])
+], ids=["no-match", "not-linear", "r-zero", "r-too-large", "r-too-large-in-a-later-target", "block-3",
+        "dq-not-bool", "alpha-zero"])
 def test_add_qlora_bad_arguments(targets, kwargs, fragments):
     model = mlp(SIZES)
     with unchanged(models=[model]), pytest.raises(ValueError, match=says(*fragments)):
         quant.add_qlora(model, targets, **{"r": 2, "alpha": 4, **kwargs})
 
 
-def test_add_qlora_nan_weights_in_a_later_target_changes_nothing():
+@pytest.mark.parametrize("call", [lambda m: quant.add_qlora(m, ["fc1", "fc2"], r=2, alpha=4), quant.quantize_model],
+                         ids=["add_qlora", "quantize_model"])
+def test_add_qlora_nan_weights_in_a_later_target_changes_nothing(call):
     model = mlp(SIZES)
     with torch.no_grad():
         model.fc2.weight[0, 0] = float("nan")  # fc1 is fine and comes first: it must not be quantised either
     with unchanged(models=[model]), pytest.raises(ValueError, match=says("layer 'fc2' has NaN or inf weights",
                                                                          "fix or reload that layer's weights")):
-        quant.add_qlora(model, ["fc1", "fc2"], r=2, alpha=4)
+        call(model)
+
+
+def test_add_qlora_twice_on_the_same_layer():
+    model = quant.add_qlora(mlp(SIZES), ["fc1"], r=2, alpha=4)
+    with unchanged(models=[model]), pytest.raises(
+            ValueError, match=says("fc1 already carry a LoRA adapter", "call merge_and_unload(model) first")):
+        quant.add_qlora(model, ["fc1"], r=2, alpha=4)
 
 
 def test_quantize_model_without_linear_layers():
@@ -631,13 +693,17 @@ def test_quantize_model_without_linear_layers():
         quant.quantize_model(model)
 
 
-def test_qlora_layer_refuses_to_merge():
+@pytest.mark.parametrize("call", [lora.merge_lora, lambda m: m.fc2.merge()], ids=["merge_lora", "layer-merge"])
+def test_qlora_layer_refuses_to_merge(call):
     model = quant.add_qlora(mlp(SIZES), ["fc2"], r=2, alpha=4)
     with torch.no_grad():
         model.fc2.lora_B.weight.fill_(0.25)
     with unchanged(models=[model]), pytest.raises(ValueError, match=says("cannot merge into a 4-bit NF4 base",
-                                                                         "Keep the adapter separate")):
-        lora.merge_lora(model)
+                                                                         "Keep the adapter separate",
+                                                                         "load it into the full-precision base "
+                                                                         "with load_adapter")):
+        call(model)
+    assert not model.fc2.merged
 
 
 # ------------------------------------------------------------------------------------------ helpers.subspace
@@ -661,6 +727,21 @@ def test_subspace_model_bad_arguments(d, projection, fragments):
     model = mlp(SIZES)
     with unchanged(models=[model]), pytest.raises(ValueError, match=says(*fragments)):
         subspace.SubspaceModel(model, d, projection=projection)
+
+
+@pytest.mark.parametrize("cls", [subspace.DenseProjection, subspace.SparseProjection, subspace.FastfoodProjection],
+                         ids=["dense", "sparse", "fastfood"])
+@pytest.mark.parametrize("d, fragments", [
+    (0, ("d must be a positive integer, got 0", "use d >= 1")),
+    (-3, ("d must be a positive integer, got -3", "use d >= 1")),
+    (2.5, ("d must be a positive integer, got 2.5 (float)", "pass a whole number such as d=2")),
+    ("10", ("d must be a positive integer, got '10' (str)", "pass a whole number such as d=10")),
+    (True, ("d must be a positive integer, got True (bool)", "pass a whole number")),
+    (1001, ("d=1001 exceeds D=1000", "choose d <= 1000")),
+], ids=["d-zero", "d-negative", "d-float", "d-string", "d-bool", "d-above-D"])
+def test_projection_bad_d(cls, d, fragments):
+    with pytest.raises(ValueError, match=says(*fragments)):
+        cls(1000, d)
 
 
 def test_subspace_model_without_parameters():
@@ -696,12 +777,16 @@ def test_dense_projection_over_a_given_budget():
 @pytest.mark.parametrize("call, fragments", [
     (lambda: subspace.FastfoodProjection(100, 10)(torch.zeros(9)),
      ("maps vectors of shape (10,), got (9,)", "1-D tensor of length d=10")),
+    (lambda: subspace.FastfoodProjection(100, 10)(torch.zeros(3, 10)),
+     ("maps vectors of shape (10,), got (3, 10)", "1-D tensor of length d=10")),
     (lambda: subspace.SparseProjection(100, 10)(torch.zeros(10), base=torch.zeros(99)),
      ("base must have shape (100,)", "got (99,)", "pass the flat θ0^(D)")),
     (lambda: subspace.fwht(torch.zeros(3, 6)), ("power of two, got 6", "zero-pad it to 8")),
+    (lambda: subspace.fwht(torch.zeros(3, 0)), ("power of two, got 0", "zero-pad it to 1")),
     (lambda: subspace.fwht(torch.zeros(8, dtype=torch.int64)), ("floating-point tensor, got dtype torch.int64",
                                                                 "pass x.float()")),
-], ids=["theta-wrong-length", "base-wrong-length", "fwht-not-power-of-two", "fwht-integer"])
+], ids=["theta-wrong-length", "theta-two-dimensional", "base-wrong-length", "fwht-not-power-of-two", "fwht-empty",
+        "fwht-integer"])
 def test_projection_bad_inputs(call, fragments):
     with pytest.raises(ValueError, match=says(*fragments)):
         call()
@@ -734,7 +819,8 @@ def table():
     (None, [], {}, ("got []", "pass e.g. 0.934")),
     (None, 0.934, dict(metric="val_acc"), ("table has no column 'val_acc'", "pass a table from sweep()")),
     (lambda t: pd.concat([t, t.assign(projection="sparse")]), 0.934, {},
-     ("table mixes projections ['fastfood', 'sparse']", "table[table.projection == 'fastfood']")),
+     ("table mixes projections ['fastfood', 'sparse']", "table[table.projection == 'fastfood']",
+      "one projection at a time")),
     (lambda t: t.iloc[1:], 0.934, {}, ("every d needs a result for every seed", "rerun sweep() with the same seeds")),
     pytest.param(None, 0.934, dict(level=90), ("level", "90", "0.9")),
     pytest.param(lambda t: t[t.projection == "fastfod"], 0.934, {}, ("no rows", "sweep")),
@@ -785,10 +871,13 @@ def test_toy_bad_arguments(call, fragments):
     (lambda a, b: analysis.subspace_similarity(a, b[:, :5]),
      ("must act on the same input size k, got 6 and 5", "pass the lora_A of the same layer")),
     (lambda a, b: analysis.singular_values(a[0]), ("M must be a 2-D tensor", "got (6,)")),
+    (lambda a, b: analysis.subspace_similarity(a[0], b), ("A1 must be a 2-D tensor", "got (6,)")),
     (lambda a, b: analysis.singular_values(a / 0 * 0), ("M contains NaN or inf", "check the training run")),
+    (lambda a, b: analysis.subspace_similarity(a / 0 * 0, b), ("A1 contains NaN or inf", "check the training run")),
     (lambda a, b: analysis.effective_rank(a, energy=1.5), ("energy must be in (0, 1]", "got 1.5")),
     (lambda a, b: analysis.energy_captured(a * 0), ("M is all zeros", "was the update trained?")),
-], ids=["similarity-k-mismatch", "one-dimensional", "nan", "energy-above-one", "all-zeros"])
+], ids=["similarity-k-mismatch", "one-dimensional", "similarity-one-dimensional", "nan", "similarity-nan",
+        "energy-above-one", "all-zeros"])
 def test_analysis_bad_matrices(call, fragments):
     a, b = torch.randn(3, 6), torch.randn(2, 6)
     with unchanged(tensors=[a, b]), pytest.raises(ValueError, match=says(*fragments)):

@@ -50,14 +50,6 @@ def test_train_ends_in_eval_mode_and_evaluate_keeps_the_mode(mode):
     assert not model.training
 
 
-def test_a_refused_train_changes_nothing():
-    model, (X, y) = mlp(SIZES).train(), _task()
-    model(X).sum().backward()  # grads present before the call must survive it
-    with unchanged(models=[model], tensors=[X, y]), pytest.raises(ValueError, match=says("unknown optimizer",
-                                                                                         "choose one of")):
-        training.train(model, X, y, optimizer="lion", progress=False)
-
-
 def test_an_interrupted_train_changes_nothing():
     model, (X, y) = mlp(SIZES).train(), _task()
     calls = {"n": 0}
