@@ -165,6 +165,8 @@ def test_classifier_trains_with_helpers_training(minilm, classifier, trec):
     assert classifier(X).shape == (16, 6)
     assert torch.equal(classifier(X), classifier(*tok(trec[0][:16])))
     before = torch.get_rng_state()
+    other = T.SentenceClassifier(minilm[0], 6, seed=0)
+    assert torch.equal(other.head.weight, classifier.head.weight) and torch.equal(torch.get_rng_state(), before)
     head = dict(classifier.head.named_parameters())
     for n, p in classifier.named_parameters():
         p.requires_grad_(n.startswith("head."))
