@@ -301,9 +301,9 @@ class FastfoodProjection(_Projection):
         self.register_buffer("inv_perm", perm.flatten().argsort())
 
     def _init_compact(self, D: int, L: int, n: int, gen: torch.Generator, rows: int = 1024) -> None:
-        """The same draws as the default storage, in the same order, converted as they come and sorted a
-        chunk of blocks at a time, so building never holds more than one int64 copy of B (millions of
-        parameters: the default path's transient int64 copies and global argsort cost ~0.4 GB at D = 10.8M).
+        """The same draws as the default storage, in the same order, narrowed as they come and sorted a
+        chunk of blocks at a time: no full-size int64 permutation and no global argsort is ever built (at
+        D = 10.8M the default path's transient copies peak ~0.26 GB higher; measured 0.94 vs 0.68 GB RSS).
         Each block permutes only its own L positions, so the inverse is blockwise too: the same values as
         the default's global argsort."""
         B = torch.randint(0, 2, (n, L), generator=gen).to(torch.int8) * 2 - 1
