@@ -2,7 +2,6 @@
 the real model (helpers.subspace.SubspaceModel with exclude / rescale / said)."""
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
