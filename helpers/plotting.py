@@ -33,9 +33,11 @@ def stacked_bars(breakdowns: dict[str, dict[str, float]], parts: list[str], unit
     for i, (label, total) in enumerate(zip(labels, bottom)):
         slivers = [f"{part} {breakdowns[label][part] / unit:,.2f} {unit_name}" for part in parts
                    if 0 < breakdowns[label][part] / unit < thin * top]
-        text = f"{total:,.1f} {unit_name}" + ("\n" + "\n".join(slivers) if slivers else "")
-        ax.annotate(text, (i, total), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
-                    fontsize=9, fontweight="bold" if not slivers else "normal")
+        if slivers:
+            ax.annotate("\n".join(slivers), (i, total), xytext=(0, 3), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=8)
+        ax.annotate(f"{total:,.1f} {unit_name}", (i, total), xytext=(0, 3 + 11 * len(slivers)),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=9, fontweight="bold")
     ax.set_ylim(0, top * 1.3)
     ax.set_ylabel(f"memory ({unit_name})")
     ax.set_title(title)

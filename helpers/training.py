@@ -20,6 +20,10 @@ from helpers.checks import check_features, check_int, check_labels, check_number
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}  # the one table
 
 
+class TrainingDiverged(ValueError):
+    """`train` stopped because the loss became NaN or inf (the model was restored); a ValueError."""
+
+
 def _in_notebook() -> bool:
     try:
         from IPython import get_ipython
@@ -211,7 +215,7 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 1
                     loss = training_step(model, opt, X[idx], y[idx]).item()
                     seconds += time.perf_counter() - t0
                     if not math.isfinite(loss):
-                        raise ValueError(f"the loss became {loss} at step {step + 1} (lr={lr}): training diverged; "
+                        raise TrainingDiverged(f"the loss became {loss} at step {step + 1} (lr={lr}): training diverged; "
                                          "the model was restored — lower lr")
                     running.append(loss)
                     step += 1
@@ -255,8 +259,10 @@ def choose_lr(build: Callable[[], nn.Module], lrs, fit: tuple[torch.Tensor, torc
     For each lr: `model = build()` (a fresh model whose trainable parameters are set, e.g. a copy of a
     pre-trained model with LoRA added), `train(model, *fit, lr=lr, seed=seed, **train_kwargs)`, then its
     accuracy on val = (X_val, y_val) — data carved out of the training data (`split_off_validation`), never
-    the test set. A tie goes to the smaller learning rate. `build` owns any randomness of its own (e.g. it may
-    seed LoRA's A init); this function draws none. Returns LRChoice(lr, val_acc, model).
+    the test set. A rate at which training diverges (`TrainingDiverged`) scores NaN and is never chosen; if every
+    rate diverges, the last TrainingDiverged is raised. A tie goes to the smaller learning rate. `build` owns any
+    randomness of its own (e.g. it may seed LoRA's A init); this function draws none.
+    Returns LRChoice(lr, val_acc, model).
     """
     if not callable(build):
         raise ValueError(f"build must be a function that returns a fresh model, got {type(build).__name__}: "
@@ -281,7 +287,12 @@ def choose_lr(build: Callable[[], nn.Module], lrs, fit: tuple[torch.Tensor, torc
         for lr in lrs:
             model = build()
             _check_model(model)
-            train(model, *fit, lr=lr, seed=seed, progress=False, **train_kwargs)
+            try:
+                train(model, *fit, lr=lr, seed=seed, progress=False, **train_kwargs)
+            except TrainingDiverged as error:
+                val_acc[lr], diverged = math.nan, error
+                bar.update(1)
+                continue
             val_acc[lr] = evaluate(model, *val)
             if best is None or val_acc[lr] > val_acc[best[0]] or (val_acc[lr] == val_acc[best[0]] and lr < best[0]):
                 best = (lr, model)
@@ -289,4 +300,6 @@ def choose_lr(build: Callable[[], nn.Module], lrs, fit: tuple[torch.Tensor, torc
             bar.set_postfix(best_lr=f"{best[0]:g}")
     finally:
         bar.close()
+    if best is None:
+        raise diverged
     return LRChoice(best[0], val_acc, best[1])

@@ -1,5 +1,6 @@
 """helpers.training: train / evaluate / training_step, the progress bar a saved notebook keeps, and the widget
 stand-in text."""
+import math
 from unittest import mock
 
 import pytest
@@ -155,3 +156,19 @@ def test_choose_lr_bad_arguments(build, lrs, extra, fragments):
     X, y = _task()
     with unchanged(tensors=[X, y]), pytest.raises(ValueError, match=says(*fragments)):
         training.choose_lr(build or (lambda: mlp(SIZES)), lrs, (X, y), (X, y), progress=False, **extra)
+
+
+def test_choose_lr_scores_a_diverging_rate_nan_and_never_picks_it():
+    X, y = _task(20)
+    with mock.patch.object(training, "training_step", lambda *a: torch.tensor(float("nan"))):
+        with pytest.raises(training.TrainingDiverged, match=says("the loss became nan", "lower lr")):
+            training.choose_lr(lambda: mlp(SIZES), [1e-3, 1e-2], (X, y), (X, y), epochs=1, progress=False)
+    real_step = training.training_step
+
+    def nan_at_large_lr(model, opt, X, y):
+        loss = real_step(model, opt, X, y)
+        return torch.tensor(float("nan")) if opt.param_groups[0]["lr"] > 1 else loss
+
+    with mock.patch.object(training, "training_step", nan_at_large_lr):
+        choice = training.choose_lr(lambda: mlp(SIZES), [1e-2, 10.0], (X, y), (X, y), epochs=1, progress=False)
+    assert choice.lr == 1e-2 and math.isnan(choice.val_acc[10.0])
