@@ -244,11 +244,23 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 1
 
 
 class LRChoice(NamedTuple):
-    """What `choose_lr` found: the chosen learning rate, validation accuracy per learning rate (in the order
-    tried), and the model trained at the chosen rate."""
+    """What `choose_lr` found: the chosen learning rate, validation accuracy and mean validation cross-entropy
+    per learning rate (in the order tried; NaN where training diverged), and the model trained at the chosen rate."""
     lr: float
     val_acc: dict[float, float]
+    val_loss: dict[float, float]
     model: nn.Module
+
+
+@torch.no_grad()
+def _mean_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy of `model` on (X, y) in eval mode; the model's mode is restored."""
+    was_training = model.training
+    try:
+        model.eval()
+        return nn.functional.cross_entropy(model(X), y).item()
+    finally:
+        model.train(was_training)
 
 
 def choose_lr(build: Callable[[], nn.Module], lrs, fit: tuple[torch.Tensor, torch.Tensor],
@@ -259,10 +271,11 @@ def choose_lr(build: Callable[[], nn.Module], lrs, fit: tuple[torch.Tensor, torc
     For each lr: `model = build()` (a fresh model whose trainable parameters are set, e.g. a copy of a
     pre-trained model with LoRA added), `train(model, *fit, lr=lr, seed=seed, **train_kwargs)`, then its
     accuracy on val = (X_val, y_val) — data carved out of the training data (`split_off_validation`), never
-    the test set. A rate at which training diverges (`TrainingDiverged`) scores NaN and is never chosen; if every
-    rate diverges, the last TrainingDiverged is raised. A tie goes to the smaller learning rate. `build` owns any
-    randomness of its own (e.g. it may seed LoRA's A init); this function draws none.
-    Returns LRChoice(lr, val_acc, model).
+    the test set. The best rate has the highest validation accuracy; among equal accuracies (common when a
+    small validation set saturates), the lowest validation cross-entropy; then the smaller rate. A rate at which
+    training diverges (`TrainingDiverged`) scores NaN and is never chosen; if every rate diverges, the last
+    TrainingDiverged is raised. `build` owns any randomness of its own (e.g. it may seed LoRA's A init); this
+    function draws none. Returns LRChoice(lr, val_acc, val_loss, model).
     """
     if not callable(build):
         raise ValueError(f"build must be a function that returns a fresh model, got {type(build).__name__}: "
@@ -282,7 +295,7 @@ def choose_lr(build: Callable[[], nn.Module], lrs, fit: tuple[torch.Tensor, torc
     if "lr" in train_kwargs:
         raise ValueError("lr is set by choose_lr itself (it tries each of lrs): drop it from the training arguments")
     bar = progress_bar(len(lrs), desc, progress)
-    val_acc, best = {}, None
+    val_acc, val_loss, best = {}, {}, None
     try:
         for lr in lrs:
             model = build()
@@ -290,16 +303,17 @@ def choose_lr(build: Callable[[], nn.Module], lrs, fit: tuple[torch.Tensor, torc
             try:
                 train(model, *fit, lr=lr, seed=seed, progress=False, **train_kwargs)
             except TrainingDiverged as error:
-                val_acc[lr], diverged = math.nan, error
+                val_acc[lr], val_loss[lr], diverged = math.nan, math.nan, error
                 bar.update(1)
                 continue
-            val_acc[lr] = evaluate(model, *val)
-            if best is None or val_acc[lr] > val_acc[best[0]] or (val_acc[lr] == val_acc[best[0]] and lr < best[0]):
-                best = (lr, model)
+            val_acc[lr], val_loss[lr] = evaluate(model, *val), _mean_loss(model, *val)
+            score = (val_acc[lr], -val_loss[lr], -lr)
+            if best is None or score > best[2]:
+                best = (lr, model, score)
             bar.update(1)
             bar.set_postfix(best_lr=f"{best[0]:g}")
     finally:
         bar.close()
     if best is None:
         raise diverged
-    return LRChoice(best[0], val_acc, best[1])
+    return LRChoice(best[0], val_acc, val_loss, best[1])

@@ -136,11 +136,29 @@ def test_choose_lr_picks_the_best_on_validation_and_returns_its_model():
     assert all(torch.equal(a, b) for a, b in zip(again.parameters(), choice.model.parameters()))
 
 
-def test_choose_lr_breaks_a_tie_towards_the_smaller_rate():
+class _Untrainable(nn.Module):
+    """Outputs that no learning rate changes: the one trainable tensor enters the output times zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp(SIZES, seed=1).requires_grad_(False)
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return self.net(x) + 0 * self.dummy
+
+
+def test_choose_lr_breaks_a_tie_by_validation_loss_then_towards_the_smaller_rate():
     X, y = _task(20)
-    tiny = [1e-12, 1e-13]  # too small to change any prediction: equal validation accuracy
-    choice = training.choose_lr(lambda: mlp(SIZES, seed=1), tiny, (X, y), (X, y), epochs=1, progress=False)
-    assert choice.lr == 1e-13
+    choice = training.choose_lr(_Untrainable, [1e-2, 1e-3], (X, y), (X, y), epochs=1, progress=False)
+    assert choice.val_acc[1e-2] == choice.val_acc[1e-3] and choice.val_loss[1e-2] == choice.val_loss[1e-3]
+    assert choice.lr == 1e-3
+    losses = {1e-2: 0.1, 1e-3: 0.5}
+    with mock.patch.object(training, "_mean_loss", lambda model, X, y: losses[model.lr]):
+        build = lambda: setattr(m := _Untrainable(), "lr", build.lrs.pop(0)) or m
+        build.lrs = [1e-2, 1e-3]
+        choice = training.choose_lr(build, [1e-2, 1e-3], (X, y), (X, y), epochs=1, progress=False)
+    assert choice.lr == 1e-2 and choice.val_loss == losses
 
 
 @pytest.mark.parametrize("build, lrs, extra, fragments", [
