@@ -2,9 +2,11 @@
 
 Which notebook uses which module:
 
-- `data` (01-05): bundled MNIST 5k, full MNIST on request, `select_classes`, `make_moons`, TREC-6 (`load_trec6`).
+- `data` (01-05): bundled MNIST 5k, full MNIST on request, `select_classes`, `make_moons`, `split_off_validation`,
+  TREC-6 (`load_trec6`).
 - `models` (01-04): `mlp`, `body`, `with_new_head`, `n_params`, `count_parameters`, `print_trainable_parameters`.
-- `training` (01-04): `train`, `evaluate`, `predict`, `training_step`, `set_seed`, `progress_bar`, `OPTIMIZERS`.
+- `training` (01-04): `train`, `evaluate`, `predict`, `training_step`, `choose_lr` (learning rate chosen on a
+  validation split), `TrainingDiverged`, `set_seed`, `progress_bar`, `OPTIMIZERS`.
 - `plotting` (01-04): the series' style, `stacked_bars`, `decision_boundary`, `show_interactive`.
 - `memory` (01, 02): the memory formula, `finetune_memory`, `measure_training_memory`, `tensor_bytes`.
 - `lora` (01, 02, 04): `LoRALinear`, `add_lora`, merging, `save_adapter` / `load_adapter`, and the public
