@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from numbers import Real
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -236,3 +237,56 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 1
         bar.close()
     model.eval()
     return history
+
+
+class LRChoice(NamedTuple):
+    """What `choose_lr` found: the chosen learning rate, validation accuracy per learning rate (in the order
+    tried), and the model trained at the chosen rate."""
+    lr: float
+    val_acc: dict[float, float]
+    model: nn.Module
+
+
+def choose_lr(build: Callable[[], nn.Module], lrs, fit: tuple[torch.Tensor, torch.Tensor],
+              val: tuple[torch.Tensor, torch.Tensor], *, seed: int = 0, progress: bool = True,
+              desc: str = "learning rates", **train_kwargs) -> LRChoice:
+    """The learning rate, among `lrs`, at which a model from `build()` scores best on validation data.
+
+    For each lr: `model = build()` (a fresh model whose trainable parameters are set, e.g. a copy of a
+    pre-trained model with LoRA added), `train(model, *fit, lr=lr, seed=seed, **train_kwargs)`, then its
+    accuracy on val = (X_val, y_val) — data carved out of the training data (`split_off_validation`), never
+    the test set. A tie goes to the smaller learning rate. `build` owns any randomness of its own (e.g. it may
+    seed LoRA's A init); this function draws none. Returns LRChoice(lr, val_acc, model).
+    """
+    if not callable(build):
+        raise ValueError(f"build must be a function that returns a fresh model, got {type(build).__name__}: "
+                         "pass e.g. lambda: copy.deepcopy(pretrained)")
+    if isinstance(lrs, (str, bytes)) or not hasattr(lrs, "__iter__"):
+        raise ValueError(f"lrs must be a list of learning rates, got {lrs!r}; e.g. lrs=[1e-3, 3e-3, 1e-2]")
+    lrs = [check_number("each learning rate in lrs", lr, positive=True, example="lrs=[1e-3, 3e-3, 1e-2]")
+           for lr in lrs]
+    if not lrs or len(set(lrs)) != len(lrs):
+        raise ValueError(f"lrs must list at least one learning rate, each once, got {lrs}; e.g. lrs=[1e-3, 1e-2]")
+    for name, pair in (("fit", fit), ("val", val)):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"{name} must be a pair (X, y), got {type(pair).__name__}: "
+                             "pass the parts split_off_validation returns")
+        check_features(f"X of {name}", pair[0])
+        check_labels(f"y of {name}", pair[1], len(pair[0]))
+    if "lr" in train_kwargs:
+        raise ValueError("lr is set by choose_lr itself (it tries each of lrs): drop it from the training arguments")
+    bar = progress_bar(len(lrs), desc, progress)
+    val_acc, best = {}, None
+    try:
+        for lr in lrs:
+            model = build()
+            _check_model(model)
+            train(model, *fit, lr=lr, seed=seed, progress=False, **train_kwargs)
+            val_acc[lr] = evaluate(model, *val)
+            if best is None or val_acc[lr] > val_acc[best[0]] or (val_acc[lr] == val_acc[best[0]] and lr < best[0]):
+                best = (lr, model)
+            bar.update(1)
+            bar.set_postfix(best_lr=f"{best[0]:g}")
+    finally:
+        bar.close()
+    return LRChoice(best[0], val_acc, best[1])

@@ -119,3 +119,39 @@ def test_show_interactive_displays_a_short_note_beside_the_widget_view():
 def test_notebook_detection(shell, expected):
     with mock.patch("IPython.get_ipython", lambda: shell):
         assert training._in_notebook() is expected
+
+
+def test_choose_lr_picks_the_best_on_validation_and_returns_its_model():
+    X, y = _task(40)
+    fit, val = (X[:30], y[:30]), (X[30:], y[30:])
+    state = torch.random.get_rng_state()
+    choice = training.choose_lr(lambda: mlp(SIZES, seed=1), [1e-4, 1e-2, 1e-1], fit, val, epochs=3, batch_size=10,
+                                progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert list(choice.val_acc) == [1e-4, 1e-2, 1e-1]
+    assert choice.val_acc[choice.lr] == max(choice.val_acc.values())
+    again = mlp(SIZES, seed=1)
+    training.train(again, *fit, lr=choice.lr, epochs=3, batch_size=10, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), choice.model.parameters()))
+
+
+def test_choose_lr_breaks_a_tie_towards_the_smaller_rate():
+    X, y = _task(20)
+    tiny = [1e-12, 1e-13]  # too small to change any prediction: equal validation accuracy
+    choice = training.choose_lr(lambda: mlp(SIZES, seed=1), tiny, (X, y), (X, y), epochs=1, progress=False)
+    assert choice.lr == 1e-13
+
+
+@pytest.mark.parametrize("build, lrs, extra, fragments", [
+    ("not callable", [1e-3], {}, ["build must be a function that returns a fresh model, got str"]),
+    (None, [], {}, ["lrs must list at least one learning rate"]),
+    (None, [1e-3, 1e-3], {}, ["each once"]),
+    (None, [0.0], {}, ["each learning rate in lrs must be > 0, got 0.0"]),
+    (None, 1e-3, {}, ["lrs must be a list of learning rates, got 0.001"]),
+    (None, [1e-3], {"lr": 1e-2}, ["lr is set by choose_lr itself", "drop it"]),
+    (lambda: "a model", [1e-3], {}, ["model must be a torch.nn.Module, got str"]),
+])
+def test_choose_lr_bad_arguments(build, lrs, extra, fragments):
+    X, y = _task()
+    with unchanged(tensors=[X, y]), pytest.raises(ValueError, match=says(*fragments)):
+        training.choose_lr(build or (lambda: mlp(SIZES)), lrs, (X, y), (X, y), progress=False, **extra)
