@@ -2,9 +2,10 @@
 
 - `sweep` trains a `SubspaceModel` for every (projection, d, seed) with `helpers.training.train` and
   returns a tidy table; `baseline` does the same for direct training.
-- `dint90` reads the intrinsic dimension off such a table: the smallest tested d whose mean test
-  accuracy reaches 90% of the baseline ("relative", the paper's stated rule) or 0.90 accuracy
-  ("absolute", what the paper's own plotting code used for MNIST's 750), with a bootstrap over seeds.
+- `dint90` reads the intrinsic dimension off such a table: the d at which the mean test accuracy reaches
+  90% of the baseline ("relative", the paper's stated rule) or 0.90 accuracy ("absolute", what the paper's
+  own plotting code used for MNIST's 750), on the grid or interpolated between grid points, with each
+  seed's own estimate and a bootstrap over seeds.
 - The toy problem of the paper's §2: θ ∈ R^1000, ten blocks of 100 whose sums must be 1, 2, ..., 10;
   its solutions form a 990-dimensional plane, so its intrinsic dimension is exactly 10.
 """
@@ -131,7 +132,11 @@ def dint90(table: pd.DataFrame, baseline: float | Sequence[float], rule: str = "
     (the same seeds for every d) `n_boot` times.
     Returns dict: rule, threshold, d_int90, boot_median, boot_low / boot_high (5th / 95th
     percentile), boot_std (over bootstrap samples that reached; nan if fewer than two),
-    reached (fraction of bootstrap samples that reached the threshold within the grid), n_seeds.
+    reached (fraction of bootstrap samples that reached the threshold within the grid), n_seeds,
+    boot_samples (the n_boot estimates, a numpy array: e.g. the ratio of two tables' samples gives a ratio's
+    interval), per_seed (each seed's own crossing of the same threshold, in the table's seed order; inf where
+    a seed never reaches it), per_seed_mean and per_seed_std (their mean and sample std; inf / nan when a
+    seed never reaches, std nan for one seed): the spread over seeds of the estimate itself.
     """
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}: choose 'relative' (90% of baseline) or 'absolute' (0.90 accuracy)")
@@ -173,12 +178,16 @@ def dint90(table: pd.DataFrame, baseline: float | Sequence[float], rule: str = "
         b = base[rng.integers(0, len(base), len(base))].mean()
         boot[i] = _crossing(ds, grid[rows].mean(0), threshold(b), interpolate)
     finite = boot[np.isfinite(boot)]
+    per_seed = [_crossing(ds, row, threshold(base.mean()), interpolate) for row in grid]
+    reached_all = all(math.isfinite(v) for v in per_seed)
     return {"rule": rule, "threshold": float(threshold(base.mean())), "d_int90": estimate,
             "boot_median": float(np.quantile(boot, 0.5, method="lower")),
             "boot_low": float(np.quantile(boot, 0.05, method="lower")),
             "boot_high": float(np.quantile(boot, 0.95, method="higher")),
             "boot_std": float(finite.std(ddof=1)) if len(finite) > 1 else math.nan,
-            "reached": float(len(finite) / n_boot), "n_seeds": len(grid)}
+            "reached": float(len(finite) / n_boot), "n_seeds": len(grid), "boot_samples": boot,
+            "per_seed": per_seed, "per_seed_mean": float(np.mean(per_seed)) if reached_all else math.inf,
+            "per_seed_std": float(np.std(per_seed, ddof=1)) if reached_all and len(per_seed) > 1 else math.nan}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,3 +104,13 @@ def test_baseline_trains_all_parameters(tiny):
     assert table.train_acc[0] > 0.6
 
 
+
+
+def test_dint90_per_seed_estimates_and_bootstrap_samples():
+    out = dint90(SYNTH, 0.93, "relative", interpolate=True, n_boot=200)
+    assert len(out["per_seed"]) == 3 and all(300 < v < 1000 for v in out["per_seed"][::2])
+    assert out["per_seed"][1] < 300 < out["per_seed"][0]  # seed 1 reaches 0.837 between 100 and 300
+    assert out["per_seed_mean"] == pytest.approx(sum(out["per_seed"]) / 3) and out["per_seed_std"] > 0
+    assert out["boot_samples"].shape == (200,) and out["boot_low"] <= out["d_int90"] <= out["boot_high"]
+    never = dint90(SYNTH, 0.93, "absolute", level=0.95)
+    assert math.isinf(never["per_seed_mean"]) and math.isnan(never["per_seed_std"])
