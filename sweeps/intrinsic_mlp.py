@@ -1,0 +1,191 @@
+"""The sweep behind notebook 03's stored results (`make sweep-03`): learning rates chosen on a validation split,
+d_int90 across MLP widths and depths (Li et al. 2018, Fig. 3), and memorising shuffled labels (their
+shuffled-label MNIST runs, "MNIST-SL" in their results notebook). Notebook 03 runs its main MNIST sweep live, reads this file for the rest, and re-runs a few
+of its points live, asserting that they agree.
+
+A *run* is one training: stage × experiment × architecture/labels × d × seed (× lr in the lr stage).
+
+- stage "lr" (seed 0; 1,000 of the 4,000 training images carved off as validation, training on the other
+  3,000; never the test set): direct training at BASE_LRS (BASE_EPOCHS epochs) and θ^(d) at SUBSPACE_LRS
+  (EPOCHS epochs, Fastfood, at d in LR_DS; the lr with the best mean validation accuracy over those d is
+  chosen for every d). Memorisation (shuffled labels) has no held-out score: its θ^(d) lr is the one with
+  the best *training* accuracy at MEMO_LR_AT, on seed 100 (not one of the reported seeds).
+- stage "width_depth": for every architecture in ARCHS, direct training (the baseline) and Fastfood θ^(d) for
+  d in WD_GRID, seeds 0-2, on all 4,000 training images; test accuracy.
+- stage "memorise": N training images (N in MEMO_N, a random subset drawn with seed 0) with their true labels
+  or with the labels shuffled among them (seed 0), direct training (baseline) and θ^(d) for the d of
+  MEMO_GRID, MEMO_EPOCHS epochs, seeds 0-2; the score is training accuracy (what memorising means).
+
+Results go to sweeps/intrinsic_mlp_results.json, rewritten after every run (temp file, then os.replace): an
+interrupted sweep keeps what it finished and a rerun skips it. One process, one thread.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from helpers.data import load_mnist, split_off_validation  # noqa: E402
+from helpers.models import mlp  # noqa: E402
+from helpers.subspace import SubspaceModel  # noqa: E402
+from helpers.training import evaluate, train  # noqa: E402
+
+RESULTS = ROOT / "sweeps" / "intrinsic_mlp_results.json"
+EPOCHS, BASE_EPOCHS, BATCH, SEEDS = 10, 20, 128, (0, 1, 2)
+BASE_LRS, SUBSPACE_LRS, LR_DS = (3e-4, 1e-3, 3e-3), (1e-2, 3e-2, 1e-1), (500, 2000)
+N_VAL, SPLIT_SEED = 1000, 2
+ARCHS = {"784-50-50-10": (784, 50, 50, 10), "784-100-100-10": (784, 100, 100, 10),
+         "784-200-200-10": (784, 200, 200, 10), "784-400-400-10": (784, 400, 400, 10),
+         "784-200-10": (784, 200, 10), "784-200-200-200-10": (784, 200, 200, 200, 10),
+         "784-200-200-200-200-10": (784, 200, 200, 200, 200, 10)}
+WD_GRID = (150, 300, 600, 1200, 2400)
+MEMO_N, MEMO_EPOCHS, MEMO_SEED = (250, 500, 1000), 100, 0
+MEMO_GRID = {"true": (25, 50, 100, 200, 400), "shuffled": (250, 500, 1000, 2000, 4000, 8000)}
+MEMO_LRS, MEMO_LR_AT, MEMO_LR_SEED = (3e-2, 1e-1), {"true": (500, 100), "shuffled": (500, 1000)}, 100
+
+
+# ---------------------------------------------------------------------------------------------
+# Data (the notebook builds the same; its live re-runs check that they agree)
+# ---------------------------------------------------------------------------------------------
+
+def memorise_data(X: torch.Tensor, y: torch.Tensor, n: int, labels: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """n training images drawn with seed MEMO_SEED, with their labels or those labels shuffled among them."""
+    (_, _), (Xn, yn) = split_off_validation(X, y, n, seed=MEMO_SEED)
+    if labels == "shuffled":
+        yn = yn[torch.randperm(n, generator=torch.Generator().manual_seed(MEMO_SEED))]
+    return Xn, yn
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+# ---------------------------------------------------------------------------------------------
+
+def key(run: dict) -> str:
+    k = "/".join(str(run[f]) for f in ("stage", "what", "d", "seed"))
+    return k + (f"/lr={run['lr']:g}" if "lr" in run and run["stage"] == "lr" else "")
+
+
+def plan_lr() -> list[dict]:
+    runs = [{"stage": "lr", "what": "direct", "d": 0, "seed": 0, "lr": lr} for lr in BASE_LRS]
+    runs += [{"stage": "lr", "what": "subspace", "d": d, "seed": 0, "lr": lr} for d in LR_DS for lr in SUBSPACE_LRS]
+    runs += [{"stage": "lr", "what": f"memorise/{labels}/{n}", "d": d, "seed": MEMO_LR_SEED, "lr": lr}
+             for labels, (n, d) in MEMO_LR_AT.items() for lr in MEMO_LRS]
+    return runs
+
+
+def chosen(done: dict) -> dict:
+    """{"direct": lr, "subspace": lr, "memorise/true": lr, "memorise/shuffled": lr} from finished lr runs."""
+    lr_runs = [r for r in done.values() if r["stage"] == "lr"]
+
+    def best(what_prefix: str, score: str) -> float:
+        by_lr: dict[float, list[float]] = {}
+        for r in lr_runs:
+            if r["what"].startswith(what_prefix):
+                by_lr.setdefault(r["lr"], []).append(r[score])
+        return max(sorted(by_lr), key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))  # ties: the smaller lr
+
+    return {"direct": best("direct", "val_acc"), "subspace": best("subspace", "val_acc"),
+            "memorise/true": best("memorise/true", "train_acc"),
+            "memorise/shuffled": best("memorise/shuffled", "train_acc")}
+
+
+def plan_rest() -> list[dict]:
+    runs = []
+    for arch in ARCHS:
+        runs += [{"stage": "width_depth", "what": arch, "d": 0, "seed": s} for s in SEEDS]
+        runs += [{"stage": "width_depth", "what": arch, "d": d, "seed": s} for d in WD_GRID for s in SEEDS]
+    for n in MEMO_N:
+        for labels, grid in MEMO_GRID.items():
+            runs += [{"stage": "memorise", "what": f"memorise/{labels}/{n}", "d": d, "seed": s}
+                     for d in (0, *grid) for s in SEEDS]
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+
+def execute(run: dict, data: tuple, lrs: dict) -> dict:
+    X, y, Xt, yt = data
+    t0 = time.perf_counter()
+    seed, d = run["seed"], run["d"]
+    if run["what"].startswith("memorise"):
+        _, labels, n = run["what"].split("/")
+        Xn, yn = memorise_data(X, y, int(n), labels)
+        model = mlp(seed=seed) if d == 0 else SubspaceModel(mlp(seed=seed), d, projection="fastfood", seed=seed)
+        lr = run.get("lr") or (1e-3 if d == 0 else lrs[f"memorise/{labels}"])
+        train(model, Xn, yn, epochs=MEMO_EPOCHS, lr=lr, batch_size=BATCH, seed=seed, progress=False)
+        out = {"train_acc": evaluate(model, Xn, yn), "lr": lr}
+    elif run["stage"] == "lr":
+        (Xf, yf), (Xv, yv) = split_off_validation(X, y, N_VAL, seed=SPLIT_SEED)
+        model = mlp(seed=seed) if d == 0 else SubspaceModel(mlp(seed=seed), d, projection="fastfood", seed=seed)
+        train(model, Xf, yf, epochs=BASE_EPOCHS if d == 0 else EPOCHS, lr=run["lr"], batch_size=BATCH, seed=seed,
+              progress=False)
+        out = {"val_acc": evaluate(model, Xv, yv)}
+    else:
+        net = mlp(ARCHS[run["what"]], seed=seed)
+        model = net if d == 0 else SubspaceModel(net, d, projection="fastfood", seed=seed)
+        lr = lrs["direct"] if d == 0 else lrs["subspace"]
+        train(model, X, y, epochs=BASE_EPOCHS if d == 0 else EPOCHS, lr=lr, batch_size=BATCH, seed=seed,
+              progress=False)
+        out = {"test_acc": evaluate(model, Xt, yt), "train_acc": evaluate(model, X, y), "lr": lr,
+               "D": sum(p.numel() for p in net.parameters())}
+    return {**run, **out, "key": key(run), "seconds": time.perf_counter() - t0}
+
+
+def config() -> dict:
+    return {"epochs": EPOCHS, "base_epochs": BASE_EPOCHS, "batch_size": BATCH, "seeds": list(SEEDS),
+            "base_lrs": list(BASE_LRS), "subspace_lrs": list(SUBSPACE_LRS), "lr_ds": list(LR_DS), "n_val": N_VAL,
+            "split_seed": SPLIT_SEED, "archs": {k: list(v) for k, v in ARCHS.items()}, "wd_grid": list(WD_GRID),
+            "memo_n": list(MEMO_N), "memo_epochs": MEMO_EPOCHS, "memo_seed": MEMO_SEED,
+            "memo_grid": {k: list(v) for k, v in MEMO_GRID.items()}, "memo_lrs": list(MEMO_LRS),
+            "memo_lr_at": {k: list(v) for k, v in MEMO_LR_AT.items()}, "memo_lr_seed": MEMO_LR_SEED,
+            "memo_direct_lr": 1e-3, "projection": "fastfood", "optimizer": "adam (constant lr)",
+            "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "machine": platform.machine(), "threads": torch.get_num_threads()}
+
+
+def save(done: dict) -> None:
+    payload = {"config": config(), "chosen_lr": chosen(done) if len(done) >= len(plan_lr()) else None,
+               "runs": sorted(done.values(), key=lambda r: r["key"])}
+    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=None, separators=(",", ":"))
+        f.write("\n")
+    os.replace(tmp, RESULTS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dry", action="store_true", help="print how many runs are planned and done, then stop")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    done = {}
+    if RESULTS.exists():
+        done = {r["key"]: r for r in json.loads(RESULTS.read_text())["runs"]}
+    todo = [r for r in plan_lr() + plan_rest() if key(r) not in done]
+    print(f"{len(plan_lr()) + len(plan_rest())} runs planned, {len(todo)} to do", flush=True)
+    if args.dry:
+        return
+    data, t0 = load_mnist("5k"), time.perf_counter()
+    for i, run in enumerate(todo, 1):
+        lrs = chosen(done) if run["stage"] != "lr" else {}
+        done[key(run)] = out = execute(run, data, lrs)
+        save(done)
+        score = {k: round(out[k], 3) for k in ("val_acc", "test_acc", "train_acc") if k in out}
+        print(f"[{time.perf_counter() - t0:6.0f} s] {i}/{len(todo)} {key(run)}: {score}", flush=True)
+    print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
