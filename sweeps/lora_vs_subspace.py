@@ -15,8 +15,10 @@ A *run* is one training: stage × task × start × method × size × seed (× lr
   biases and head included, d = the LoRA budget of the same rank, or the intrinsic-dimension grid).
 - stage "lr": each (task, start, method, size) tries the lrs of LR_GRID for one seed on a validation split
   carved from the task's training images (never the test set), training on the rest; the best validation
-  accuracy picks the lr (ties: the smaller). For the intrinsic-dimension grid, θ^(d)'s lr is picked at
-  d = ID_LR_AT and used for every d.
+  accuracy picks the lr (ties: the smaller). When the best lr is the largest (or smallest) tried, the next
+  step of LR_LADDER beyond it is tried too, until the best lies inside the tried range (at most MAX_EXTEND
+  extra steps per side). For the intrinsic-dimension grid, θ^(d)'s lr is picked at d = ID_LR_AT and used for
+  every d.
 - stage "final": the chosen lr, trained on all of the task's training images for EPOCHS epochs, seeds 0-2
   (the seed draws θ0's random parts, LoRA's A, P and the batch order), test accuracy every EVAL_EVERY steps.
 
@@ -52,6 +54,8 @@ RANKS = (1, 2, 4, 8, 16, 32)
 ID_GRID, ID_LR_AT = (10, 25, 50, 100, 200, 400, 800), 100
 LR_GRID = {"full": (1e-4, 3e-4, 1e-3, 3e-3), "head": (1e-3, 3e-3, 1e-2, 3e-2),
            "lora": (1e-3, 3e-3, 1e-2, 3e-2), "subspace": (3e-3, 1e-2, 3e-2, 1e-1)}
+LR_LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)  # half-decade steps
+MAX_EXTEND = 3
 N_VAL = {"digits": 1000, "parity": 500, "5-9": 500}
 EVAL_EVERY = {"digits": 8, "parity": 4, "5-9": 4}
 SPLIT_SEED, POOL_SEED, PRETRAIN = 2, 1, {"epochs": 20, "lr": 1e-3, "seed": 0}
@@ -146,12 +150,36 @@ def plan_lr() -> list[dict]:
     return runs
 
 
+def lr_scores(done: dict, task: str, start: str, method: str, size: int) -> dict[float, float]:
+    return {r["lr"]: r["val_acc"] for r in done.values() if r["stage"] == "lr" and r["task"] == task
+            and r["start"] == start and r["method"] == method and r["size"] == size}
+
+
 def chosen_lr(done: dict, task: str, start: str, method: str, size: int) -> float | None:
-    scores = {r["lr"]: r["val_acc"] for r in done.values() if r["stage"] == "lr" and r["task"] == task
-              and r["start"] == start and r["method"] == method and r["size"] == size}
-    if len(scores) < len(LR_GRID[method]):
+    scores = lr_scores(done, task, start, method, size)
+    if not set(LR_GRID[method]) <= set(scores):
         return None
     return max(sorted(scores), key=lambda lr: scores[lr])  # sorted ascending: a tie keeps the smaller lr
+
+
+def plan_extensions(done: dict) -> list[dict]:
+    """One more lr beyond each family whose best tried lr is the largest or smallest it tried."""
+    runs = []
+    for f in families():
+        for size in ({f["lr_at"]} if f["lr_at"] else f["sizes"]):
+            scores = lr_scores(done, f["task"], f["start"], f["method"], size)
+            best = chosen_lr(done, f["task"], f["start"], f["method"], size)
+            if best is None:
+                continue
+            tried = sorted(scores)
+            i = LR_LADDER.index(best)
+            for edge, step in ((tried[-1], 1), (tried[0], -1)):
+                base = LR_LADDER.index(LR_GRID[f["method"]][-1 if step == 1 else 0])
+                nxt = i + step
+                if best == edge and 0 <= nxt < len(LR_LADDER) and abs(nxt - base) <= MAX_EXTEND:
+                    runs.append({"stage": "lr", "task": f["task"], "start": f["start"], "method": f["method"],
+                                 "size": size, "seed": 0, "lr": LR_LADDER[nxt]})
+    return runs
 
 
 def plan_final(done: dict) -> list[dict]:
@@ -195,7 +223,8 @@ def execute(run: dict, data: dict, pretrained: dict) -> dict:
 def config() -> dict:
     return {"epochs": EPOCHS, "batch_size": BATCH, "lora_alpha": ALPHA, "lora_targets": ["fc1", "fc2", "head"],
             "seeds": list(SEEDS), "ranks": list(RANKS), "id_grid": list(ID_GRID), "id_lr_at": ID_LR_AT,
-            "lr_grid": {m: list(v) for m, v in LR_GRID.items()}, "n_val": N_VAL, "eval_every": EVAL_EVERY,
+            "lr_grid": {m: list(v) for m, v in LR_GRID.items()}, "lr_ladder": list(LR_LADDER),
+            "max_extend": MAX_EXTEND, "n_val": N_VAL, "eval_every": EVAL_EVERY,
             "split_seed": SPLIT_SEED, "pool_seed": POOL_SEED, "pretrain": PRETRAIN,
             "random_seed_offset": RANDOM_SEED_OFFSET, "optimizer": "adam (constant lr)",
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -232,6 +261,12 @@ def main() -> None:
         save(done, meta)
         print(f"[{time.perf_counter() - t0:6.0f} s] lr {i}/{len(lr_runs)} {key(run)}: "
               f"val {done[key(run)]['val_acc']:.3f}", flush=True)
+    while extra := [r for r in plan_extensions(done) if key(r) not in done]:
+        for run in extra:  # the best lr was at an end of the tried range: one step further
+            done[key(run)] = execute(run, data, pretrained)
+            save(done, meta)
+            print(f"[{time.perf_counter() - t0:6.0f} s] lr (extended) {key(run)}: val {done[key(run)]['val_acc']:.3f}",
+                  flush=True)
     final = [r for r in plan_final(done) if key(r) not in done]
     print(f"final stage: {len(final)} runs to do", flush=True)
     for i, run in enumerate(final, 1):
