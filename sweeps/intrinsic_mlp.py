@@ -9,7 +9,8 @@ A *run* is one training: stage × experiment × architecture/labels × d × seed
   3,000; never the test set): direct training at BASE_LRS (BASE_EPOCHS epochs) and θ^(d) at SUBSPACE_LRS
   (EPOCHS epochs, Fastfood, at d in LR_DS; the lr with the best mean validation accuracy over those d is
   chosen for every d). Memorisation (shuffled labels) has no held-out score: its θ^(d) lr is the one with
-  the best *training* accuracy at MEMO_LR_AT, on seed 100 (not one of the reported seeds).
+  the best *training* accuracy at MEMO_LR_AT, on seed 100 (not one of the reported seeds). When the best lr
+  is the largest (or smallest) tried, the next half-decade step beyond it is tried too (at most 3 per side).
 - stage "width_depth": for every architecture in ARCHS, direct training (the baseline) and Fastfood θ^(d) for
   d in WD_GRID, seeds 0-2, on all 4,000 training images; test accuracy.
 - stage "memorise": N training images (N in MEMO_N, a random subset drawn with seed 0) with their true labels
@@ -44,6 +45,8 @@ RESULTS = ROOT / "sweeps" / "intrinsic_mlp_results.json"
 EPOCHS, BASE_EPOCHS, BATCH, SEEDS = 10, 20, 128, (0, 1, 2)
 BASE_LRS, SUBSPACE_LRS, LR_DS = (3e-4, 1e-3, 3e-3), (1e-2, 3e-2, 1e-1), (500, 2000)
 N_VAL, SPLIT_SEED = 1000, 2
+LR_LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)  # half-decade steps
+MAX_EXTEND = 3
 ARCHS = {"784-50-50-10": (784, 50, 50, 10), "784-100-100-10": (784, 100, 100, 10),
          "784-200-200-10": (784, 200, 200, 10), "784-400-400-10": (784, 400, 400, 10),
          "784-200-10": (784, 200, 10), "784-200-200-200-10": (784, 200, 200, 200, 10),
@@ -83,20 +86,48 @@ def plan_lr() -> list[dict]:
     return runs
 
 
+FAMILIES = {"direct": ("val_acc", BASE_LRS), "subspace": ("val_acc", SUBSPACE_LRS),
+            "memorise/true": ("train_acc", MEMO_LRS), "memorise/shuffled": ("train_acc", MEMO_LRS)}
+
+
+def _scores(done: dict, family: str) -> dict[float, float]:
+    """lr -> mean score of the family's finished lr runs (over the d it is tried at)."""
+    score, by_lr = FAMILIES[family][0], {}
+    for r in done.values():
+        if r["stage"] == "lr" and family_of(r["what"]) == family:
+            by_lr.setdefault(r["lr"], []).append(r[score])
+    return {lr: sum(v) / len(v) for lr, v in by_lr.items()}
+
+
 def chosen(done: dict) -> dict:
     """{"direct": lr, "subspace": lr, "memorise/true": lr, "memorise/shuffled": lr} from finished lr runs."""
-    lr_runs = [r for r in done.values() if r["stage"] == "lr"]
+    out = {}
+    for family in FAMILIES:
+        scores = _scores(done, family)
+        out[family] = max(sorted(scores), key=lambda lr: scores[lr])  # ties: the smaller lr
+    return out
 
-    def best(what_prefix: str, score: str) -> float:
-        by_lr: dict[float, list[float]] = {}
-        for r in lr_runs:
-            if r["what"].startswith(what_prefix):
-                by_lr.setdefault(r["lr"], []).append(r[score])
-        return max(sorted(by_lr), key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))  # ties: the smaller lr
 
-    return {"direct": best("direct", "val_acc"), "subspace": best("subspace", "val_acc"),
-            "memorise/true": best("memorise/true", "train_acc"),
-            "memorise/shuffled": best("memorise/shuffled", "train_acc")}
+def family_of(what: str) -> str:
+    """"direct", "subspace", "memorise/true" or "memorise/shuffled"."""
+    return "/".join(what.split("/")[:2])
+
+
+def plan_extensions(done: dict) -> list[dict]:
+    """The lr runs one half-decade beyond a family's tried range when its best lr sits at that end."""
+    runs = []
+    for family, (_, grid) in FAMILIES.items():
+        scores = _scores(done, family)
+        if not set(grid) <= set(scores):
+            continue
+        points = {(r["what"], r["d"], r["seed"]) for r in plan_lr() if family_of(r["what"]) == family}
+        best, tried = max(sorted(scores), key=lambda lr: scores[lr]), sorted(scores)
+        for edge, step, base in ((tried[-1], 1, grid[-1]), (tried[0], -1, grid[0])):
+            nxt = LR_LADDER.index(best) + step
+            if best == edge and 0 <= nxt < len(LR_LADDER) and abs(nxt - LR_LADDER.index(base)) <= MAX_EXTEND:
+                runs += [{"stage": "lr", "what": w, "d": d, "seed": sd, "lr": LR_LADDER[nxt]}
+                         for w, d, sd in sorted(points)]
+    return runs
 
 
 def plan_rest() -> list[dict]:
@@ -150,13 +181,15 @@ def config() -> dict:
             "memo_n": list(MEMO_N), "memo_epochs": MEMO_EPOCHS, "memo_seed": MEMO_SEED,
             "memo_grid": {k: list(v) for k, v in MEMO_GRID.items()}, "memo_lrs": list(MEMO_LRS),
             "memo_lr_at": {k: list(v) for k, v in MEMO_LR_AT.items()}, "memo_lr_seed": MEMO_LR_SEED,
-            "memo_direct_lr": 1e-3, "projection": "fastfood", "optimizer": "adam (constant lr)",
+            "memo_direct_lr": 1e-3, "lr_ladder": list(LR_LADDER), "max_extend": MAX_EXTEND,
+            "projection": "fastfood", "optimizer": "adam (constant lr)",
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "machine": platform.machine(), "threads": torch.get_num_threads()}
 
 
 def save(done: dict) -> None:
-    payload = {"config": config(), "chosen_lr": chosen(done) if len(done) >= len(plan_lr()) else None,
+    lr_done = all(key(r) in done for r in plan_lr()) and not [r for r in plan_extensions(done) if key(r) not in done]
+    payload = {"config": config(), "chosen_lr": chosen(done) if lr_done else None,
                "runs": sorted(done.values(), key=lambda r: r["key"])}
     fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
@@ -178,12 +211,18 @@ def main() -> None:
     if args.dry:
         return
     data, t0 = load_mnist("5k"), time.perf_counter()
-    for i, run in enumerate(todo, 1):
-        lrs = chosen(done) if run["stage"] != "lr" else {}
-        done[key(run)] = out = execute(run, data, lrs)
-        save(done)
-        score = {k: round(out[k], 3) for k in ("val_acc", "test_acc", "train_acc") if k in out}
-        print(f"[{time.perf_counter() - t0:6.0f} s] {i}/{len(todo)} {key(run)}: {score}", flush=True)
+
+    def run_all(runs: list[dict], lrs: dict) -> None:
+        for i, run in enumerate(runs, 1):
+            done[key(run)] = out = execute(run, data, lrs)
+            save(done)
+            score = {k: round(out[k], 3) for k in ("val_acc", "test_acc", "train_acc") if k in out}
+            print(f"[{time.perf_counter() - t0:6.0f} s] {i}/{len(runs)} {key(run)}: {score}", flush=True)
+
+    run_all([r for r in plan_lr() if key(r) not in done], {})
+    while extra := [r for r in plan_extensions(done) if key(r) not in done]:
+        run_all(extra, {})  # a best lr at an end of the tried range: one half-decade further
+    run_all([r for r in plan_rest() if key(r) not in done], chosen(done))
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
