@@ -15,7 +15,11 @@ A *run* is one training: stage × experiment × architecture/labels × d × seed
   d in WD_GRID, seeds 0-2, on all 4,000 training images; test accuracy.
 - stage "memorise": N training images (N in MEMO_N, a random subset drawn with seed 0) with their true labels
   or with the labels shuffled among them (seed 0), direct training (baseline) and θ^(d) for the d of
-  MEMO_GRID, MEMO_EPOCHS epochs, seeds 0-2; the score is training accuracy (what memorising means).
+  MEMO_GRID, MEMO_EPOCHS epochs, seeds 0-2; the score is training accuracy (what memorising means). θ^(d)'s
+  lr is lr0 · √(d0 / d), lr0 the one chosen at d0 (MEMO_LR_AT): Adam moves every coordinate of θ^(d) by about
+  lr per step, so P (unit-norm columns) moves θ^(D) by about lr·√d; the rule keeps that step the same at every
+  d. (One lr for d from 250 to 8,000 trained the largest d into divergence: memorising 1,000 shuffled labels
+  fell from 85% at d = 2,000 to 14% at d = 8,000 at lr 0.3.)
 
 Results go to sweeps/intrinsic_mlp_results.json, rewritten after every run (temp file, then os.replace): an
 interrupted sweep keeps what it finished and a rerun skips it. One process, one thread.
@@ -67,6 +71,11 @@ def memorise_data(X: torch.Tensor, y: torch.Tensor, n: int, labels: str) -> tupl
     if labels == "shuffled":
         yn = yn[torch.randperm(n, generator=torch.Generator().manual_seed(MEMO_SEED))]
     return Xn, yn
+
+
+def memorise_lr(lr0: float, labels: str, d: int) -> float:
+    """θ^(d)'s lr for memorising at subspace size d: lr0 (chosen at d0) · √(d0 / d), a constant step in θ^(D)."""
+    return lr0 * (MEMO_LR_AT[labels][1] / d) ** 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +163,7 @@ def execute(run: dict, data: tuple, lrs: dict) -> dict:
         _, labels, n = run["what"].split("/")
         Xn, yn = memorise_data(X, y, int(n), labels)
         model = mlp(seed=seed) if d == 0 else SubspaceModel(mlp(seed=seed), d, projection="fastfood", seed=seed)
-        lr = run.get("lr") or (1e-3 if d == 0 else lrs[f"memorise/{labels}"])
+        lr = run.get("lr") or (1e-3 if d == 0 else memorise_lr(lrs[f"memorise/{labels}"], labels, d))
         train(model, Xn, yn, epochs=MEMO_EPOCHS, lr=lr, batch_size=BATCH, seed=seed, progress=False)
         out = {"train_acc": evaluate(model, Xn, yn), "lr": lr}
     elif run["stage"] == "lr":
@@ -181,7 +190,7 @@ def config() -> dict:
             "memo_n": list(MEMO_N), "memo_epochs": MEMO_EPOCHS, "memo_seed": MEMO_SEED,
             "memo_grid": {k: list(v) for k, v in MEMO_GRID.items()}, "memo_lrs": list(MEMO_LRS),
             "memo_lr_at": {k: list(v) for k, v in MEMO_LR_AT.items()}, "memo_lr_seed": MEMO_LR_SEED,
-            "memo_direct_lr": 1e-3, "lr_ladder": list(LR_LADDER), "max_extend": MAX_EXTEND,
+            "memo_direct_lr": 1e-3, "memo_lr_rule": "lr0 * sqrt(d0 / d)", "lr_ladder": list(LR_LADDER), "max_extend": MAX_EXTEND,
             "projection": "fastfood", "optimizer": "adam (constant lr)",
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "machine": platform.machine(), "threads": torch.get_num_threads()}
