@@ -6,9 +6,10 @@ of its points live, asserting that they agree.
 A *run* is one training: stage × experiment × architecture/labels × d × seed (× lr in the lr stage).
 
 - stage "lr" (seed 0; 1,000 of the 4,000 training images carved off as validation, training on the other
-  3,000; never the test set): direct training at BASE_LRS (BASE_EPOCHS epochs) and θ^(d) at SUBSPACE_LRS
-  (EPOCHS epochs, Fastfood, at d in LR_DS; the lr with the best mean validation accuracy over those d is
-  chosen for every d). Memorisation (shuffled labels) has no held-out score: its θ^(d) lr is the one with
+  3,000; never the test set): direct training at BASE_LRS (BASE_EPOCHS epochs) and θ^(d) (EPOCHS epochs,
+  Fastfood) at lr0 in SUBSPACE_LRS, used at every d as `helpers.intrinsic.subspace_lr(lr0, d, LR_REF_D)` =
+  lr0 · √(LR_REF_D / d) (a step of the same size in θ^(D) at every d); the lr0 with the best mean validation
+  accuracy over the d in LR_DS is chosen. Memorisation (shuffled labels) has no held-out score: its θ^(d) lr is the one with
   the best *training* accuracy at MEMO_LR_AT, on seed 100 (not one of the reported seeds). When the best lr
   is the largest (or smallest) tried, the next half-decade step beyond it is tried too (at most 3 per side).
 - stage "width_depth": for every architecture in ARCHS, direct training (the baseline) and Fastfood θ^(d) for
@@ -16,10 +17,10 @@ A *run* is one training: stage × experiment × architecture/labels × d × seed
 - stage "memorise": N training images (N in MEMO_N, a random subset drawn with seed 0) with their true labels
   or with the labels shuffled among them (seed 0), direct training (baseline) and θ^(d) for the d of
   MEMO_GRID, MEMO_EPOCHS epochs, seeds 0-2; the score is training accuracy (what memorising means). θ^(d)'s
-  lr is lr0 · √(d0 / d), lr0 the one chosen at d0 (MEMO_LR_AT): Adam moves every coordinate of θ^(d) by about
-  lr per step, so P (unit-norm columns) moves θ^(D) by about lr·√d; the rule keeps that step the same at every
-  d. (One lr for d from 250 to 8,000 trained the largest d into divergence: memorising 1,000 shuffled labels
-  fell from 85% at d = 2,000 to 14% at d = 8,000 at lr 0.3.)
+  lr is lr0 · √(d0 / d), lr0 the one chosen at d0 (MEMO_LR_AT), the same rule as above. (One lr for d from 250
+  to 8,000 trained the largest d into divergence: memorising 1,000 shuffled labels fell from 85% at d = 2,000 to
+  14% at d = 8,000 at lr 0.3; a fixed lr 0.1 for the MNIST grid left accuracy on a noisy plateau near 90% from
+  d = 1,500 to 6,000.)
 
 Results go to sweeps/intrinsic_mlp_results.json, rewritten after every run (temp file, then os.replace): an
 interrupted sweep keeps what it finished and a rerun skips it. One process, one thread.
@@ -41,13 +42,14 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from helpers.data import load_mnist, split_off_validation  # noqa: E402
+from helpers.intrinsic import subspace_lr  # noqa: E402
 from helpers.models import mlp  # noqa: E402
 from helpers.subspace import SubspaceModel  # noqa: E402
 from helpers.training import evaluate, train  # noqa: E402
 
 RESULTS = ROOT / "sweeps" / "intrinsic_mlp_results.json"
 EPOCHS, BASE_EPOCHS, BATCH, SEEDS = 10, 20, 128, (0, 1, 2)
-BASE_LRS, SUBSPACE_LRS, LR_DS = (3e-4, 1e-3, 3e-3), (1e-2, 3e-2, 1e-1), (500, 2000)
+BASE_LRS, SUBSPACE_LRS, LR_DS, LR_REF_D = (3e-4, 1e-3, 3e-3), (1e-2, 3e-2, 1e-1), (500, 2000), 1000
 N_VAL, SPLIT_SEED = 1000, 2
 LR_LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)  # half-decade steps
 MAX_EXTEND = 3
@@ -75,7 +77,7 @@ def memorise_data(X: torch.Tensor, y: torch.Tensor, n: int, labels: str) -> tupl
 
 def memorise_lr(lr0: float, labels: str, d: int) -> float:
     """θ^(d)'s lr for memorising at subspace size d: lr0 (chosen at d0) · √(d0 / d), a constant step in θ^(D)."""
-    return lr0 * (MEMO_LR_AT[labels][1] / d) ** 0.5
+    return subspace_lr(lr0, d, MEMO_LR_AT[labels][1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,13 +171,14 @@ def execute(run: dict, data: tuple, lrs: dict) -> dict:
     elif run["stage"] == "lr":
         (Xf, yf), (Xv, yv) = split_off_validation(X, y, N_VAL, seed=SPLIT_SEED)
         model = mlp(seed=seed) if d == 0 else SubspaceModel(mlp(seed=seed), d, projection="fastfood", seed=seed)
-        train(model, Xf, yf, epochs=BASE_EPOCHS if d == 0 else EPOCHS, lr=run["lr"], batch_size=BATCH, seed=seed,
+        lr = run["lr"] if d == 0 else subspace_lr(run["lr"], d, LR_REF_D)  # run["lr"]: lr0 for θ^(d)
+        train(model, Xf, yf, epochs=BASE_EPOCHS if d == 0 else EPOCHS, lr=lr, batch_size=BATCH, seed=seed,
               progress=False)
-        out = {"val_acc": evaluate(model, Xv, yv)}
+        out = {"val_acc": evaluate(model, Xv, yv), "lr_used": lr}
     else:
         net = mlp(ARCHS[run["what"]], seed=seed)
         model = net if d == 0 else SubspaceModel(net, d, projection="fastfood", seed=seed)
-        lr = lrs["direct"] if d == 0 else lrs["subspace"]
+        lr = lrs["direct"] if d == 0 else subspace_lr(lrs["subspace"], d, LR_REF_D)
         train(model, X, y, epochs=BASE_EPOCHS if d == 0 else EPOCHS, lr=lr, batch_size=BATCH, seed=seed,
               progress=False)
         out = {"test_acc": evaluate(model, Xt, yt), "train_acc": evaluate(model, X, y), "lr": lr,
@@ -185,7 +188,7 @@ def execute(run: dict, data: tuple, lrs: dict) -> dict:
 
 def config() -> dict:
     return {"epochs": EPOCHS, "base_epochs": BASE_EPOCHS, "batch_size": BATCH, "seeds": list(SEEDS),
-            "base_lrs": list(BASE_LRS), "subspace_lrs": list(SUBSPACE_LRS), "lr_ds": list(LR_DS), "n_val": N_VAL,
+            "base_lrs": list(BASE_LRS), "subspace_lrs": list(SUBSPACE_LRS), "lr_ds": list(LR_DS), "lr_ref_d": LR_REF_D, "n_val": N_VAL,
             "split_seed": SPLIT_SEED, "archs": {k: list(v) for k, v in ARCHS.items()}, "wd_grid": list(WD_GRID),
             "memo_n": list(MEMO_N), "memo_epochs": MEMO_EPOCHS, "memo_seed": MEMO_SEED,
             "memo_grid": {k: list(v) for k, v in MEMO_GRID.items()}, "memo_lrs": list(MEMO_LRS),
