@@ -93,10 +93,10 @@ bench: $(STAMP) ## run every benchmark in benchmarks/, then write benchmarks/RES
 drift: $(STAMP) ## every notebook on this CPU's kernels and on the portable path: what moves (benchmarks/kernel_drift.md)
 	$(PY) benchmarks/kernel_drift.py
 
-sweep-03: $(STAMP) ## notebook 03's stored sweep (lr choice, widths/depths, shuffled labels) into sweeps/intrinsic_mlp_results.json: one thread, resumable (about 40 minutes)
+sweep-03: $(STAMP) ## notebook 03's stored sweep (lr choice, widths/depths, shuffled labels) into sweeps/intrinsic_mlp_results.json: one thread, resumable (about 20 minutes)
 	$(PY) sweeps/intrinsic_mlp.py
 
-sweep-04: $(STAMP) ## notebook 04's stored sweep (matched budgets from a random and a pre-trained start, ID after pre-training) into sweeps/lora_vs_subspace_results.json: one thread, resumable (about 35 minutes)
+sweep-04: $(STAMP) ## notebook 04's stored sweep (matched budgets from a random and a pre-trained start, ID after pre-training) into sweeps/lora_vs_subspace_results.json: one thread, resumable (about 30 minutes)
 	$(PY) sweeps/lora_vs_subspace.py
 
 clean: ## remove .venv, caches and saved adapters (notebooks and data stay)

@@ -255,8 +255,8 @@ def make_moons(n: int = 1000, noise: float = 0.1, seed: int = 0, rotation: float
 
 
 # Stored sweeps behind notebooks 03 and 04: name -> (the notebook, the make target that rebuilds the file, runtime)
-SWEEP_RESULTS = {"intrinsic_mlp": ("03", "make sweep-03", "about 40 minutes"),
-                 "lora_vs_subspace": ("04", "make sweep-04", "about 35 minutes")}
+SWEEP_RESULTS = {"intrinsic_mlp": ("03", "make sweep-03", "about 20 minutes"),
+                 "lora_vs_subspace": ("04", "make sweep-04", "about 30 minutes")}
 
 
 def load_sweep_results(name: str, path: str | Path | None = None) -> dict:
