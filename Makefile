@@ -21,7 +21,7 @@ LAB_PORT ?= 8888
 LAB_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-unit test-notebooks test-notebooks-other-cpu lab bench drift clean
+.PHONY: help setup run test test-unit test-notebooks test-notebooks-other-cpu lab bench drift sweep-03 sweep-04 clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-26s %s\n", $$1, $$2}'
@@ -92,6 +92,12 @@ bench: $(STAMP) ## run every benchmark in benchmarks/, then write benchmarks/RES
 
 drift: $(STAMP) ## every notebook on this CPU's kernels and on the portable path: what moves (benchmarks/kernel_drift.md)
 	$(PY) benchmarks/kernel_drift.py
+
+sweep-03: $(STAMP) ## notebook 03's stored sweep (lr choice, widths/depths, shuffled labels) into sweeps/intrinsic_mlp_results.json: one thread, resumable (about 20 minutes)
+	$(PY) sweeps/intrinsic_mlp.py
+
+sweep-04: $(STAMP) ## notebook 04's stored sweep (matched budgets from a random and a pre-trained start, ID after pre-training) into sweeps/lora_vs_subspace_results.json: one thread, resumable (about 30 minutes)
+	$(PY) sweeps/lora_vs_subspace.py
 
 clean: ## remove .venv, caches and saved adapters (notebooks and data stay)
 	rm -rf $(VENV) .pytest_cache adapters helpers/__pycache__ tests/__pycache__ *.egg-info

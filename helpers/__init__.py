@@ -2,8 +2,8 @@
 
 Which notebook uses which module:
 
-- `data` (01-05): bundled MNIST 5k, full MNIST on request, `select_classes`, `make_moons`, `split_off_validation`,
-  TREC-6 (`load_trec6`).
+- `data` (01-05): bundled MNIST 5k, full MNIST on request, `select_classes`, `split_off_validation`, `make_moons`,
+  TREC-6 (`load_trec6`), the stored sweeps behind 03 and 04 (`load_sweep_results`).
 - `models` (01-04): `mlp`, `body`, `with_new_head`, `n_params`, `count_parameters`, `print_trainable_parameters`.
 - `training` (01-04): `train`, `evaluate`, `predict`, `training_step`, `choose_lr` (learning rate chosen on a
   validation split), `TrainingDiverged`, `set_seed`, `progress_bar`, `OPTIMIZERS`.
@@ -16,7 +16,7 @@ Which notebook uses which module:
   `rescale` and SAID's per-block scales for large pre-trained models).
 - `text` (05): all-MiniLM-L6-v2 offline (`load_minilm`), its tokenizer, `embed`, `SentenceClassifier`.
 - `intrinsic` (03, 04): `sweep`, `baseline`, `dint90`, the toy problem.
-- `analysis` (04): spectra, LoRA subspace similarity, training-step FLOPs.
+- `analysis` (04): spectra, LoRA subspace similarity, training-step FLOPs (analytic, and as run: `measured_step_flops`).
 - `checks` (every module): the shared argument checks (ValueError naming the value and the fix).
 
 Contract: a refused call raises ValueError before touching the model, files or any random generator; a helper

@@ -4,8 +4,9 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
-from helpers.checks import check_int
+from helpers.checks import check_features, check_int, check_labels
 
 
 def _as_matrix(name: str, M: torch.Tensor) -> torch.Tensor:
@@ -71,8 +72,15 @@ def effective_rank(M: torch.Tensor, energy: float = 0.9) -> int:
 
 def training_step_flops(sizes, batch: int, method: str = "full", r: dict | int | None = None, d: int = 0,
                         projection: str = "fastfood") -> dict[str, int]:
-    """Matmul FLOPs of one training step (forward + backward) of an MLP, counted as PyTorch's FlopCounterMode
-    counts them (2·m·n·k per m×k @ k×n product; element-wise ops, biases and the loss are not counted).
+    """Analytic matmul FLOPs of one training step (forward + backward) of an MLP: 2·m·n·k per m×k @ k×n product
+    (element-wise ops, biases and the loss are not counted), the convention of PyTorch's FlopCounterMode.
+
+    For "full" and "lora" this equals what FlopCounterMode counts for the model as it runs (tested). For
+    "subspace" it does not: the projection is counted here as an *ideal* Walsh–Hadamard transform (L·log2 L
+    additions per block), while `helpers.subspace.fwht` runs it as small dense Hadamard matrix products
+    (factors of size <= 32), which FlopCounterMode counts at 2·L·(sum of the factor sizes) per block and
+    transform (L = 1024: 2·L·(32 + 32) = 128·L instead of the ideal 10·L). Faster on a CPU, more FLOPs:
+    `measured_step_flops` counts the implementation as it runs.
 
     sizes: the MLP's widths (d_in, hidden..., d_out); batch b. For a layer d_in -> d_out, with N_l = d_in·d_out:
     - "full": forward 2bN_l, weight gradient 2bN_l, input gradient 2bN_l (none for the first layer: the data
@@ -128,3 +136,34 @@ def training_step_flops(sizes, batch: int, method: str = "full", r: dict | int |
         else:
             raise ValueError(f"unknown projection {projection!r}: choose 'dense', 'sparse' or 'fastfood'")
     return {"model": model, "extra": extra, "total": model + extra}
+
+
+def measured_step_flops(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> int:
+    """FLOPs of one training step's forward and backward (cross-entropy on the batch X: (b, d_in) floats,
+    y: (b,) int64) as PyTorch's FlopCounterMode counts them for the model as it runs: every matmul-like op
+    that actually executes, at 2·m·n·k (element-wise ops and the optimizer step are not counted).
+
+    For a `SubspaceModel` this includes the projection's products as implemented (Fastfood's Hadamard
+    transforms as small dense matrix products), unlike `training_step_flops`' ideal count. The model's
+    gradients, mode and the global RNG are left as they were (the backward's gradients are discarded).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}: pass e.g. mlp()")
+    check_features("X", X)
+    check_labels("y", y, len(X))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no parameter of the model requires grad, so a training step has no backward to count: "
+                         "unfreeze what you mean to train (e.g. add_lora, or SubspaceModel's θ^(d))")
+    saved = [(p, p.grad) for p in params]
+    try:
+        for p in params:
+            p.grad = None
+        with torch.random.fork_rng(), FlopCounterMode(display=False) as counter:
+            nn.functional.cross_entropy(model(X), y).backward()
+        return int(counter.get_total_flops())
+    finally:
+        for p, g in saved:
+            p.grad = g

@@ -252,3 +252,39 @@ def make_moons(n: int = 1000, noise: float = 0.1, seed: int = 0, rotation: float
     a = math.radians(rotation)
     R = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
     return (X @ R.T + torch.tensor(shift)).float(), y
+
+
+# Stored sweeps behind notebooks 03 and 04: name -> (the notebook, the make target that rebuilds the file, runtime)
+SWEEP_RESULTS = {"intrinsic_mlp": ("03", "make sweep-03", "about 20 minutes"),
+                 "lora_vs_subspace": ("04", "make sweep-04", "about 30 minutes")}
+
+
+def load_sweep_results(name: str, path: str | Path | None = None) -> dict:
+    """A stored sweep, sweeps/<name>_results.json, written by sweeps/<name>.py (`make sweep-03` / `sweep-04`).
+
+    Returns the file's top-level dict with "runs" turned into a pandas DataFrame (one row per finished run:
+    the run's settings and its scores; see the script's docstring) and "config" (the settings the sweep ran
+    with) as stored. A missing, unreadable or empty file raises ValueError naming the file and the command
+    that rebuilds it. Reading JSON only: nothing is unpickled.
+    """
+    import json
+
+    import pandas as pd
+    if name not in SWEEP_RESULTS:
+        raise ValueError(f"unknown sweep {name!r}: choose one of {sorted(SWEEP_RESULTS)}")
+    notebook, target, runtime = SWEEP_RESULTS[name]
+    path = Path(path) if path is not None else DATA_DIR.parent / "sweeps" / f"{name}_results.json"
+    fix = (f"restore it with `git checkout -- sweeps/{name}_results.json` or rebuild it with `{target}` "
+           f"({runtime} on 2 cores)")
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: it holds notebook {notebook}'s stored sweep; {fix}")
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data.get("config"), dict) or not isinstance(data.get("runs"), list) or not data["runs"]:
+            raise ValueError("no config or no runs")
+        runs = pd.DataFrame(data["runs"])
+        if "key" not in runs.columns or runs["key"].duplicated().any():
+            raise ValueError("runs without a unique key")
+    except (ValueError, TypeError, AttributeError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is corrupted or not a sweep results file ({e}); {fix}") from None
+    return {**data, "runs": runs}

@@ -1,10 +1,12 @@
 """Intrinsic dimension (Li et al., ICLR 2018): sweeps over d, d_int90 under both threshold rules, the toy problem.
 
 - `sweep` trains a `SubspaceModel` for every (projection, d, seed) with `helpers.training.train` and
-  returns a tidy table; `baseline` does the same for direct training.
-- `dint90` reads the intrinsic dimension off such a table: the smallest tested d whose mean test
-  accuracy reaches 90% of the baseline ("relative", the paper's stated rule) or 0.90 accuracy
-  ("absolute", what the paper's own plotting code used for MNIST's 750), with a bootstrap over seeds.
+  returns a tidy table (θ^(d)'s lr fixed, or scaled as 1/√d by `subspace_lr`); `baseline` does the same for
+  direct training.
+- `dint90` reads the intrinsic dimension off such a table: the d at which the mean test accuracy reaches
+  90% of the baseline ("relative", the paper's stated rule) or 0.90 accuracy ("absolute", what the paper's
+  own plotting code used for MNIST's 750), on the grid or interpolated between grid points, with each
+  seed's own estimate and a bootstrap over seeds.
 - The toy problem of the paper's §2: θ ∈ R^1000, ten blocks of 100 whose sums must be 1, 2, ..., 10;
   its solutions form a 990-dimensional plane, so its intrinsic dimension is exactly 10.
 """
@@ -38,15 +40,33 @@ def _as_list(x, name: str) -> list:
     return out
 
 
+def subspace_lr(lr: float, d: int, lr_ref_d: int | None = None) -> float:
+    """θ^(d)'s learning rate at subspace size d: `lr`, or lr · √(lr_ref_d / d) when `lr_ref_d` is given.
+
+    Adam moves every coordinate of θ^(d) by about lr per step, and P's d unit-norm, nearly orthogonal columns
+    turn that into a step of about lr·√d in θ^(D). Scaling lr by 1/√d keeps that step the same at every d, so
+    one lr chosen at d = lr_ref_d serves a grid that spans orders of magnitude (a fixed lr under-trains the
+    small subspaces or makes the large ones noisy).
+    """
+    check_number("lr", lr, positive=True, example="lr=0.1")
+    check_int("d", d, 1, "d=1000")
+    if lr_ref_d is None:
+        return float(lr)
+    check_int("lr_ref_d", lr_ref_d, 1, "lr_ref_d=1000 (the d at which lr was chosen), or None for one lr")
+    return float(lr) * math.sqrt(lr_ref_d / d)
+
+
 def sweep(X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor, ds: Iterable[int],
           seeds: Iterable[int] = (0, 1, 2), projections: str | Iterable[str] = "fastfood", *,
           model_fn: Callable[[int], nn.Module] | None = None, epochs: int = 10, lr: float = 1e-2,
-          batch_size: int = 128, optimizer: str = "adam", progress: bool = True) -> pd.DataFrame:
+          lr_ref_d: int | None = None, batch_size: int = 128, optimizer: str = "adam",
+          progress: bool = True) -> pd.DataFrame:
     """Train `SubspaceModel(model_fn(seed), d, projection, seed)` for every projection × d × seed.
 
     model_fn(seed) builds a fresh model (default: the paper's MLP 784-200-200-10 initialised with
-    `seed`); the same seed draws P and the minibatch order, so a seed fixes a whole run.
-    Returns one row per run: projection, d, seed, D, train_acc, test_acc, seconds (wall time of
+    `seed`); the same seed draws P and the minibatch order, so a seed fixes a whole run. θ^(d)'s lr is
+    `lr` at every d, or `subspace_lr(lr, d, lr_ref_d)` = lr · √(lr_ref_d / d) when lr_ref_d is given.
+    Returns one row per run: projection, d, seed, D, lr, train_acc, test_acc, seconds (wall time of
     training plus the per-epoch test evaluations) and history (the dict `train` returned: epoch,
     loss, seconds, test_acc per epoch — what the notebook's widget draws).
     """
@@ -59,6 +79,7 @@ def sweep(X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.
     for p in projections:
         if p not in PROJECTIONS:
             raise ValueError(f"unknown projection {p!r}: choose from {sorted(PROJECTIONS)}")
+    lrs = {d: subspace_lr(lr, d, lr_ref_d) for d in ds}
     model_fn = model_fn or (lambda seed: mlp(seed=seed))
     runs = [(p, d, s) for p in projections for d in ds for s in seeds]
     rows = []
@@ -67,9 +88,9 @@ def sweep(X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.
         bar.set_postfix(projection=projection, d=d, seed=seed)
         t0 = time.perf_counter()
         model = SubspaceModel(model_fn(seed), d, projection=projection, seed=seed)
-        history = train(model, X, y, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+        history = train(model, X, y, epochs=epochs, lr=lrs[d], batch_size=batch_size, optimizer=optimizer,
                         seed=seed, eval_data=(X_test, y_test), progress=False)
-        rows.append({"projection": projection, "d": d, "seed": seed, "D": model.D,
+        rows.append({"projection": projection, "d": d, "seed": seed, "D": model.D, "lr": lrs[d],
                      "train_acc": evaluate(model, X, y), "test_acc": history["test_acc"][-1],
                      "seconds": time.perf_counter() - t0, "history": history})
         bar.update(1)
@@ -131,7 +152,11 @@ def dint90(table: pd.DataFrame, baseline: float | Sequence[float], rule: str = "
     (the same seeds for every d) `n_boot` times.
     Returns dict: rule, threshold, d_int90, boot_median, boot_low / boot_high (5th / 95th
     percentile), boot_std (over bootstrap samples that reached; nan if fewer than two),
-    reached (fraction of bootstrap samples that reached the threshold within the grid), n_seeds.
+    reached (fraction of bootstrap samples that reached the threshold within the grid), n_seeds,
+    boot_samples (the n_boot estimates, a numpy array: e.g. the ratio of two tables' samples gives a ratio's
+    interval), per_seed (each seed's own crossing of the same threshold, in the table's seed order; inf where
+    a seed never reaches it), per_seed_mean and per_seed_std (their mean and sample std; inf / nan when a
+    seed never reaches, std nan for one seed): the spread over seeds of the estimate itself.
     """
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}: choose 'relative' (90% of baseline) or 'absolute' (0.90 accuracy)")
@@ -173,12 +198,16 @@ def dint90(table: pd.DataFrame, baseline: float | Sequence[float], rule: str = "
         b = base[rng.integers(0, len(base), len(base))].mean()
         boot[i] = _crossing(ds, grid[rows].mean(0), threshold(b), interpolate)
     finite = boot[np.isfinite(boot)]
+    per_seed = [_crossing(ds, row, threshold(base.mean()), interpolate) for row in grid]
+    reached_all = all(math.isfinite(v) for v in per_seed)
     return {"rule": rule, "threshold": float(threshold(base.mean())), "d_int90": estimate,
             "boot_median": float(np.quantile(boot, 0.5, method="lower")),
             "boot_low": float(np.quantile(boot, 0.05, method="lower")),
             "boot_high": float(np.quantile(boot, 0.95, method="higher")),
             "boot_std": float(finite.std(ddof=1)) if len(finite) > 1 else math.nan,
-            "reached": float(len(finite) / n_boot), "n_seeds": len(grid)}
+            "reached": float(len(finite) / n_boot), "n_seeds": len(grid), "boot_samples": boot,
+            "per_seed": per_seed, "per_seed_mean": float(np.mean(per_seed)) if reached_all else math.inf,
+            "per_seed_std": float(np.std(per_seed, ddof=1)) if reached_all and len(per_seed) > 1 else math.nan}
 
 
 # ---------------------------------------------------------------------------------------------

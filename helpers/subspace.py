@@ -5,8 +5,9 @@ space of all D parameters of a model, biases included. Three ways to store and a
 
 - `DenseProjection`: Gaussian entries, D·d floats; simple, memory-bound (streams D·d floats twice a step).
 - `SparseProjection`: k ≈ √D random ±1/√k entries per column (density ≈ 1/√D); stores P^T only.
-- `FastfoodProjection`: P = stacked blocks H G Π H B (Hadamard, Gaussian, permutation, Hadamard, signs);
-  O(D) memory and O(D log d) time per product.
+- `FastfoodProjection`: P = stacked blocks H G Π H S (Hadamard, Gaussian, permutation, Hadamard, signs);
+  O(D) memory and O(D log d) time per product. The sign diagonal S is stored in the buffer named `B` (the
+  state_dict key; the series calls it S because B is LoRA's up-projection).
 
 `SubspaceModel(model, d, projection)` wraps any `nn.Module`; its only parameter is θ^(d), so
 `helpers.training.train` trains it like any model.
@@ -331,7 +332,8 @@ class SparseProjection(_Projection):
 # ---------------------------------------------------------------------------------------------
 
 class _FastfoodMatvec(torch.autograd.Function):
-    """δ = V θ with V = stacked (H G Π H B) blocks; backward applies V^T = B H Π^T G H just as cheaply."""
+    """δ = V θ with V = stacked (H G Π H S) blocks; backward applies V^T = S H Π^T G H just as cheaply
+    (S, the sign diagonal, is the buffer `B`)."""
 
     @staticmethod
     def forward(ctx, theta_d, proj):
@@ -344,16 +346,17 @@ class _FastfoodMatvec(torch.autograd.Function):
 
 
 class FastfoodProjection(_Projection):
-    """Fastfood P (Le, Sarlós & Smola 2013), as in the paper's code: V = H G Π H B, blocks stacked.
+    """Fastfood P (Le, Sarlós & Smola 2013), as in the paper's code: V = H G Π H S, blocks stacked.
 
     θ^(d) is zero-padded to L = 2^⌈log2 d⌉; each of n = ⌈D/L⌉ independent blocks applies
-    B (random ±1 diagonal), H (Walsh–Hadamard), Π (random permutation), G (Gaussian diagonal) and
+    S (random ±1 diagonal, stored in the buffer `B`: the state_dict keeps that name, the series writes S
+    because B is LoRA's up-projection), H (Walsh–Hadamard), Π (random permutation), G (Gaussian diagonal) and
     H again; the n·L outputs are stacked and cut to D. Every block column has norm √L·‖g‖ exactly,
     which G's scaling divides out, and an overall √(L/D) makes the expected squared column norm 1
     (exactly 1 when L divides D; only the cut last block adds a small deviation).
     (The paper's code uses one block of size 2^⌈log2 D⌉; blocks of size ≈ d cost O(D log d).)
-    Stores B, G and the permutation and its inverse: O(D) memory, independent of d — 24 bytes per
-    parameter (B and G float32, the permutations int64), or 13 with `compact=True` (B as int8 signs, the
+    Stores S (as `B`), G and the permutation and its inverse: O(D) memory, independent of d — 24 bytes per
+    parameter (S and G float32, the permutations int64), or 13 with `compact=True` (S as int8 signs, the
     permutations as int32): the same P from the same seed, bit for bit, for models with millions of parameters.
     """
 
@@ -407,7 +410,7 @@ class FastfoodProjection(_Projection):
     def _apply_V(self, theta_d: torch.Tensor) -> torch.Tensor:
         """V θ for θ of shape (..., d) -> (..., D)."""
         x = nn.functional.pad(theta_d, (0, self.L - self.d))[..., None, :]
-        x = fwht(self.B * x)  # H B θ, one row per block: (..., n, L)
+        x = fwht(self.B * x)  # H S θ (S = the signs in B), one row per block: (..., n, L)
         x = x.flatten(-2).index_select(-1, self.perm).view(x.shape)  # Π
         return fwht(self.G * x).flatten(-2)[..., :self.D]  # H G
 
@@ -415,7 +418,7 @@ class FastfoodProjection(_Projection):
         y = nn.functional.pad(g, (0, self.n_blocks * self.L - self.D)).view_as(self.G)
         y = self.G * fwht(y)  # G H g
         y = y.flatten().index_select(0, self.inv_perm).view_as(self.B)  # Π^T
-        return (self.B * fwht(y)).sum(0)[:self.d]  # B H, summed over blocks
+        return (self.B * fwht(y)).sum(0)[:self.d]  # S H, summed over blocks
 
     # The lean path: the same products as _apply_V / _apply_VT, in the same order (so the same values), each
     # written with out= into three (n, L) workspaces: 0 and 1 for V θ, 2 for the gradient; the backward
@@ -432,7 +435,7 @@ class FastfoodProjection(_Projection):
             a[:, :self.d].copy_(self.B[:, :self.d])
             a[:, :self.d].mul_(theta)
         a[:, self.d:].zero_()  # θ zero-padded to L
-        r = _fwht_pingpong(a, b)  # H B θ
+        r = _fwht_pingpong(a, b)  # H S θ
         o = b if r is a else a
         torch.index_select(r.view(-1), 0, self.perm, out=o.view(-1))  # Π
         o.mul_(self.G)
@@ -466,7 +469,7 @@ class FastfoodProjection(_Projection):
             for i in range(0, self.n_blocks, k):
                 rows = min(k, self.n_blocks - i)
                 r[i:i + rows].mul_(signs[:rows].copy_(self.B[i:i + rows]))
-        return r.sum(0)[:self.d]  # B, summed over blocks
+        return r.sum(0)[:self.d]  # S, summed over blocks
 
     def matrix(self) -> torch.Tensor:
         """P as a dense (D, d) tensor, all d columns in one batched transform."""

@@ -65,3 +65,23 @@ def test_step_flops_subspace_adds_the_projection():
     assert dense["model"] == full and dense["extra"] == 4 * 199_210 * 500
     fastfood = training_step_flops(sizes, 128, "subspace", d=1000, projection="fastfood")
     assert fastfood["extra"] == 2 * 195 * (2 * 1024 * 10 + 3 * 1024)
+
+
+def test_measured_step_flops_counts_what_runs_and_leaves_the_model_alone():
+    from helpers.analysis import measured_step_flops, training_step_flops
+    from helpers.models import mlp
+    from helpers.subspace import SubspaceModel
+    sizes = (784, 200, 200, 10)
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.rand(16, 784, generator=g), torch.randint(0, 10, (16,), generator=g)
+    model = mlp(sizes)
+    assert measured_step_flops(model, X, y) == training_step_flops(sizes, 16)["total"]
+    assert all(p.grad is None for p in model.parameters())
+    sub = SubspaceModel(mlp(sizes), 1000, "fastfood")
+    ideal = training_step_flops(sizes, 16, "subspace", d=1000)
+    as_run = measured_step_flops(sub, X, y)
+    # the Hadamard transforms run as 32 x 32 matrix products: 2 * L * (32 + 32) per block and transform
+    assert as_run == ideal["model"] + 4 * 195 * 2 * 1024 * 64 and as_run > ideal["total"]
+    assert sub.theta_d.grad is None
+    with pytest.raises(ValueError, match="requires grad"):
+        measured_step_flops(mlp(sizes).requires_grad_(False), X, y)

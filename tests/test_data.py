@@ -95,3 +95,25 @@ def test_split_off_validation_mismatched_rows():
     X, y = make_moons(50, seed=0)
     with pytest.raises(ValueError, match=says("X has shape (50, 2) and y (49,)", "one label per row")):
         split_off_validation(X, y[:-1], 5)
+
+
+def test_load_sweep_results_reads_json_and_names_the_fix(tmp_path):
+    import json
+
+    from helpers.data import load_sweep_results
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"config": {"epochs": 10}, "chosen_lr": {"direct": 1e-3},
+                                "runs": [{"key": "a", "test_acc": 0.9}, {"key": "b", "test_acc": 0.8}]}))
+    out = load_sweep_results("intrinsic_mlp", good)
+    assert out["config"] == {"epochs": 10} and out["chosen_lr"] == {"direct": 1e-3}
+    assert list(out["runs"]["test_acc"]) == [0.9, 0.8]
+    with pytest.raises(ValueError, match="make sweep-03"):
+        load_sweep_results("intrinsic_mlp", tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    for text in ("{not json", json.dumps({"config": {}, "runs": []}), json.dumps([1, 2]),
+                 json.dumps({"config": {}, "runs": [{"key": "a"}, {"key": "a"}]})):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match="corrupted.*make sweep-04"):
+            load_sweep_results("lora_vs_subspace", bad)
+    with pytest.raises(ValueError, match="unknown sweep"):
+        load_sweep_results("nope")

@@ -104,3 +104,27 @@ def test_baseline_trains_all_parameters(tiny):
     assert table.train_acc[0] > 0.6
 
 
+
+
+def test_dint90_per_seed_estimates_and_bootstrap_samples():
+    out = dint90(SYNTH, 0.93, "relative", interpolate=True, n_boot=200)
+    assert len(out["per_seed"]) == 3 and all(300 < v < 1000 for v in out["per_seed"][::2])
+    assert out["per_seed"][1] < 300 < out["per_seed"][0]  # seed 1 reaches 0.837 between 100 and 300
+    assert out["per_seed_mean"] == pytest.approx(sum(out["per_seed"]) / 3) and out["per_seed_std"] > 0
+    assert out["boot_samples"].shape == (200,) and out["boot_low"] <= out["d_int90"] <= out["boot_high"]
+    never = dint90(SYNTH, 0.93, "absolute", level=0.95)
+    assert math.isinf(never["per_seed_mean"]) and math.isnan(never["per_seed_std"])
+
+
+def test_subspace_lr_keeps_the_step_in_theta_D_constant(tiny):
+    from helpers.intrinsic import subspace_lr
+    assert subspace_lr(0.1, 4000) == 0.1 and subspace_lr(0.1, 4000, lr_ref_d=1000) == pytest.approx(0.05)
+    assert subspace_lr(0.1, 250, lr_ref_d=1000) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="lr_ref_d must be >= 1"):
+        subspace_lr(0.1, 100, lr_ref_d=0)
+    table = sweep(*tiny, ds=[4, 16], seeds=[0], model_fn=lambda seed: mlp((20, 8, 3), seed=seed), epochs=1, lr=0.05,
+                  lr_ref_d=4, progress=False)
+    assert table.lr.tolist() == [pytest.approx(0.05), pytest.approx(0.025)]
+    with pytest.raises(ValueError, match="lr_ref_d"):
+        sweep(*tiny, ds=[4], seeds=[0], model_fn=lambda seed: mlp((20, 8, 3), seed=seed), epochs=1, lr_ref_d=2.5,
+              progress=False)
