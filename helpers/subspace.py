@@ -61,17 +61,41 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     k = L.bit_length() - 1
     if k == 0:
         return x.clone()
-    m = -(-k // _FACTOR_LOG2)  # number of factors, then balance their sizes: 18 -> 5, 5, 4, 4
-    logs = [k // m + (i < k % m) for i in range(m)]
     y = x.reshape(-1, L)
     post = L
-    for s in logs:
+    for s in _factor_logs(k):
         a = 1 << s
         post //= a
         H = _hadamard(a, x.dtype, x.device)
         # the factor acts on the axis of size a in the (rows, ..., a, post) view
         y = y.reshape(-1, a) @ H if post == 1 else torch.matmul(H, y.reshape(-1, a, post))
     return y.reshape(x.shape)
+
+
+def _factor_logs(k: int) -> list[int]:
+    """log2 of the Hadamard factors of H_{2^k}: as few as possible, each <= 2**_FACTOR_LOG2, sizes balanced
+    (k = 18 -> 5, 5, 4, 4)."""
+    m = -(-k // _FACTOR_LOG2)
+    return [k // m + (i < k % m) for i in range(m)]
+
+
+def _fwht_pingpong(x: torch.Tensor, spare: torch.Tensor) -> torch.Tensor:
+    """`fwht` of the contiguous 2-D tensor x (rows, L), each factor written with out= into the other of
+    x / `spare` (same shape): no allocation. Returns whichever of the two holds the result; the other is
+    clobbered. The same products in the same order as `fwht`, so the same values."""
+    L = x.shape[-1]
+    src, dst = x, spare
+    post = L
+    for s in _factor_logs(L.bit_length() - 1):
+        a = 1 << s
+        post //= a
+        H = _hadamard(a, x.dtype, x.device)
+        if post == 1:
+            torch.mm(src.view(-1, a), H, out=dst.view(-1, a))
+        else:
+            torch.matmul(H, src.view(-1, a, post), out=dst.view(-1, a, post))
+        src, dst = dst, src
+    return src
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +164,43 @@ class _Projection(nn.Module):
     def device(self) -> torch.device:
         return next(self.buffers()).device
 
+    # -- the lean path SubspaceModel trains through: products into reused scratch tensors ----------------
+    # _V_lean(θ) -> P θ (D,), possibly a view of a workspace, valid until the next _V_lean call;
+    # _gbuf() -> a (D,) workspace view the caller fills with ∂L/∂(P θ); _VT_lean() -> P^T of it, (d,).
+    # Large temporaries are the cost at transformer scale: a fresh 43 MB tensor is mapped page by page by
+    # the OS on first touch (~4x the time of writing into a tensor that already exists).
+
+    def _workspace(self, i: int, shape: tuple) -> torch.Tensor:
+        """Scratch tensor number i of `shape` in P's dtype and device, kept between calls. Not state: not a
+        buffer, not in state_dict or `nbytes`; reallocated if the projection moves or changes dtype."""
+        ws = self.__dict__.setdefault("_ws", {})
+        t = ws.get(i)
+        if t is None or t.shape != shape or t.dtype != self.dtype or t.device != self.device:
+            t = ws[i] = torch.empty(shape, dtype=self.dtype, device=self.device)
+        return t
+
+    @property
+    def workspace_bytes(self) -> int:
+        """Bytes of the scratch tensors the lean path keeps between steps (0 before the first step)."""
+        return tensor_bytes(self.__dict__.get("_ws", {}).values())
+
+    def _V_lean(self, theta_d: torch.Tensor) -> torch.Tensor:
+        out = self._workspace(0, (self.D,))
+        self._gen = getattr(self, "_gen", 0) + 1
+        return out.copy_(self(theta_d.detach()))
+
+    def _V_last(self) -> torch.Tensor:
+        return self._workspace(0, (self.D,))
+
+    def _gbuf(self) -> torch.Tensor:
+        return self._workspace(1, (self.D,))
+
+    def _VT_lean(self) -> torch.Tensor:
+        theta = torch.zeros(self.d, dtype=self.dtype, device=self.device, requires_grad=True)
+        with torch.enable_grad():
+            self(theta).backward(self._gbuf())
+        return theta.grad
+
     def extra_repr(self) -> str:
         return f"D={self.D}, d={self.d}, seed={self.seed}, nbytes={self.nbytes:,}"
 
@@ -168,6 +229,13 @@ class DenseProjection(_Projection):
         """P θ^(d), or base + P θ^(d) in one fused pass when `base` (shape (D,)) is given."""
         self._check_input(theta_d, base)
         return self.PT.t() @ theta_d if base is None else torch.addmv(base, self.PT.t(), theta_d)
+
+    def _V_lean(self, theta_d: torch.Tensor) -> torch.Tensor:
+        self._gen = getattr(self, "_gen", 0) + 1
+        return torch.mv(self.PT.t(), theta_d.detach(), out=self._workspace(0, (self.D,)))
+
+    def _VT_lean(self) -> torch.Tensor:
+        return self.PT @ self._gbuf()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,6 +311,14 @@ class SparseProjection(_Projection):
         """P θ^(d), or base + P θ^(d) scattered straight into a copy of `base` (shape (D,))."""
         self._check_input(theta_d, base)
         return _SparseMatvec.apply(theta_d, self, base)
+
+    def _V_lean(self, theta_d: torch.Tensor) -> torch.Tensor:
+        self._gen = getattr(self, "_gen", 0) + 1
+        out = self._workspace(0, (self.D,)).zero_()
+        return out.scatter_add_(0, self.rows.flatten(), (self.vals * theta_d.detach()[:, None]).flatten())
+
+    def _VT_lean(self) -> torch.Tensor:
+        return torch.mv(self.transpose_csr(), self._gbuf())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,6 +412,53 @@ class FastfoodProjection(_Projection):
         y = y.flatten().index_select(0, self.inv_perm).view_as(self.B)  # Π^T
         return (self.B * fwht(y)).sum(0)[:self.d]  # B H, summed over blocks
 
+    # The lean path: the same products as _apply_V / _apply_VT, in the same order (so the same values), each
+    # written with out= into three (n, L) workspaces: 0 and 1 for V θ, 2 for the gradient; the backward
+    # uses whichever of 0/1 does not hold V θ, so V θ survives until the backward (SAID's λ need it).
+    _SIGN_ROWS = 256  # int8 signs are widened to floats this many blocks at a time (a small reused tensor)
+
+    def _V_lean(self, theta_d: torch.Tensor) -> torch.Tensor:
+        shape = (self.n_blocks, self.L)
+        a, b = self._workspace(0, shape), self._workspace(1, shape)
+        a.copy_(self.B)  # signs (int8 or float) -> P's dtype
+        a[:, :self.d].mul_(theta_d.detach())
+        a[:, self.d:].zero_()
+        r = _fwht_pingpong(a, b)  # H B θ
+        o = b if r is a else a
+        torch.index_select(r.view(-1), 0, self.perm, out=o.view(-1))  # Π
+        o.mul_(self.G)
+        r = _fwht_pingpong(o, r)  # H G
+        self._vres, self._gen = r, getattr(self, "_gen", 0) + 1
+        return r.view(-1)[:self.D]
+
+    def _V_last(self) -> torch.Tensor:
+        return self._vres.view(-1)[:self.D]
+
+    def _gbuf(self) -> torch.Tensor:
+        g = self._workspace(2, (self.n_blocks, self.L)).view(-1)
+        g[self.D:].zero_()
+        return g[:self.D]
+
+    def _VT_lean(self) -> torch.Tensor:
+        shape = (self.n_blocks, self.L)
+        g = self._workspace(2, shape)
+        vres = getattr(self, "_vres", None)
+        spare = self._workspace(1, shape) if vres is self._workspace(0, shape) else self._workspace(0, shape)
+        r = _fwht_pingpong(g, spare)  # H g
+        r.mul_(self.G)
+        o = spare if r is g else g
+        torch.index_select(r.view(-1), 0, self.inv_perm, out=o.view(-1))  # Π^T
+        r = _fwht_pingpong(o, r)  # H
+        if self.B.is_floating_point():
+            r.mul_(self.B)
+        else:
+            k = min(self._SIGN_ROWS, self.n_blocks)
+            signs = self._workspace(3, (k, self.L))
+            for i in range(0, self.n_blocks, k):
+                rows = min(k, self.n_blocks - i)
+                r[i:i + rows].mul_(signs[:rows].copy_(self.B[i:i + rows]))
+        return r.sum(0)[:self.d]  # B, summed over blocks
+
     def matrix(self) -> torch.Tensor:
         """P as a dense (D, d) tensor, all d columns in one batched transform."""
         with torch.no_grad():
@@ -349,6 +472,59 @@ class FastfoodProjection(_Projection):
 
 
 PROJECTIONS = {"dense": DenseProjection, "sparse": SparseProjection, "fastfood": FastfoodProjection}
+
+
+class _Reparameterise(torch.autograd.Function):
+    """θ^(D) = θ0 + f ⊙ P θ^(d), returned as one flat tensor per projected parameter (views of one fresh
+    vector), f_i = c_i · λ_b(i) (rescale, SAID; 1 otherwise). Backward, with an explicit transpose:
+    ∂θ^(d) = P^T (f ⊙ g), f ⊙ g written straight into the projection's workspace, and
+    ∂λ_b = Σ_{i in block b} c_i ⟨g_i, (P θ^(d))_i⟩. No D-sized temporary is allocated except θ^(D) itself
+    (autograd's path allocated ~6: padding, products, the per-parameter scaled copies, the cat of the
+    gradients)."""
+
+    @staticmethod
+    def forward(ctx, theta_d, lambdas, sub):
+        proj = sub.projection
+        v = proj._V_lean(theta_d)
+        factors = sub._factors(lambdas if sub.said else None)
+        out = torch.empty_like(sub.theta0)
+        lo = 0
+        for n, f in zip(sub._numels, factors):
+            torch.add(sub.theta0[lo:lo + n], v[lo:lo + n], alpha=f, out=out[lo:lo + n])
+            lo += n
+        ctx.sub, ctx.gen, ctx.factors = sub, proj._gen, factors
+        ctx.save_for_backward(theta_d, lambdas)
+        return tuple(out.split(sub._numels))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        sub, proj = ctx.sub, ctx.sub.projection
+        theta_d, lambdas = ctx.saved_tensors
+        grad_lambdas = None
+        if ctx.needs_input_grad[1]:
+            # P θ from the forward, still in the workspace unless another forward ran since (then recomputed)
+            v = proj._V_lean(theta_d) if proj._gen != ctx.gen else proj._V_last()
+            dots = [0.0] * len(sub._numels)
+            lo = 0
+            for i, (n, grad) in enumerate(zip(sub._numels, grads)):
+                if grad is not None:
+                    dots[i] = sub._scales[i] * torch.dot(grad.reshape(-1), v[lo:lo + n]).item()
+                lo += n
+            grad_lambdas = torch.zeros_like(lambdas)
+            for i, b in enumerate(sub._block_of):
+                grad_lambdas[b] += dots[i]
+        grad_theta = None
+        if ctx.needs_input_grad[0]:
+            g = proj._gbuf()
+            lo = 0
+            for n, grad, f in zip(sub._numels, grads, ctx.factors):
+                if grad is None:
+                    g[lo:lo + n].zero_()
+                else:
+                    torch.mul(grad.reshape(-1), f, out=g[lo:lo + n])
+                lo += n
+            grad_theta = proj._VT_lean()
+        return grad_theta, grad_lambdas, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,7 +656,6 @@ class SubspaceModel(nn.Module):
             self.lambdas = nn.Parameter(torch.ones(m, dtype=dtype))
         self.register_buffer("theta0", torch.cat([p.detach().flatten() for _, p in kept]).clone())
         self.model = model
-        self._plain = not said and all(c == 1.0 for c in scales)
 
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
         """Only θ^(d) (and parameters added beside it): the wrapped model's own parameters are not trained."""
@@ -489,28 +664,26 @@ class SubspaceModel(nn.Module):
             if id(p) not in wrapped:
                 yield name, p
 
-    def _tensors(self) -> list[torch.Tensor]:
-        """Each projected parameter at the current θ^(d), flat: θ0_i + λ_b(i) · c_i · (P θ^(d))_i."""
-        delta = self.projection(self.theta_d)
-        out = []
-        for i, (t0, dl) in enumerate(zip(self.theta0.split(self._numels), delta.split(self._numels))):
-            factor = self._scales[i]
-            if self.said:
-                factor = self.lambdas[self._block_of[i]] * factor
-            out.append(t0 + factor * dl)
-        return out
+    def _factors(self, lambdas: torch.Tensor | None = None) -> list[float]:
+        """f_i = c_i · λ_b(i) per projected parameter (1.0 for plain subspace training)."""
+        if not self.said:
+            return list(self._scales)
+        lam = (self.lambdas if lambdas is None else lambdas).tolist()
+        return [c * lam[b] for c, b in zip(self._scales, self._block_of)]
+
+    def _parts(self) -> tuple[torch.Tensor, ...]:
+        """Each projected parameter at the current θ^(d), flat: θ0_i + f_i · (P θ^(d))_i (views of one vector)."""
+        lambdas = self.lambdas if self.said else self.theta_d.new_empty(0)
+        return _Reparameterise.apply(self.theta_d, lambdas, self)
 
     def flat_params(self) -> torch.Tensor:
         """θ^(D) = θ0 + P θ^(d), shape (D,) (with SAID and rescaling: θ0 + λ · c · P θ^(d) per block)."""
-        if self._plain:
-            return self.projection(self.theta_d, base=self.theta0)
-        return torch.cat(self._tensors())
+        return torch.cat(self._parts())
 
     def params_dict(self) -> dict[str, torch.Tensor]:
         """The wrapped model's parameters at the current θ^(d): name -> tensor (views of θ^(D)); excluded
         parameters as the wrapped model's own tensors, detached."""
-        parts = self.flat_params().split(self._numels) if self._plain else self._tensors()
-        out = {n: t.view(s) for n, t, s in zip(self._names, parts, self._shapes)}
+        out = {n: t.view(s) for n, t, s in zip(self._names, self._parts(), self._shapes)}
         if self._frozen:
             own = dict(self.model.named_parameters())
             out.update({n: own[n].detach() for n in self._frozen})

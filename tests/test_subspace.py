@@ -307,3 +307,80 @@ def test_subspace_options_bad_input_leaves_model_unchanged(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SubspaceModel(model, **kwargs)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# --- the lean path SubspaceModel trains through, against autograd through the projection --------------
+
+def _reference(sub: SubspaceModel) -> dict[str, torch.Tensor]:
+    """The wrapper's parameters built the plain autograd way: θ0 + c · λ · P θ per tensor, P θ through the
+    projection's own forward (its autograd Function); what SubspaceModel did before the lean path."""
+    delta = sub.projection(sub.theta_d)
+    out = {}
+    for i, (name, t0, dl, shape) in enumerate(zip(sub._names, sub.theta0.split(sub._numels),
+                                                delta.split(sub._numels), sub._shapes)):
+        f = sub._scales[i] * (sub.lambdas[sub._block_of[i]] if sub.said else 1.0)
+        out[name] = (t0 + f * dl).view(shape)
+    return out
+
+
+@pytest.mark.parametrize("projection", ["dense", "sparse", "fastfood"])
+@pytest.mark.parametrize("options", [{}, {"rescale": ["2"]}, {"said": True, "rescale": ["2"]},
+                                     {"said": True, "compact": True}], ids=["plain", "rescale", "said", "compact"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lean_path_equals_autograd_through_the_projection(projection, options, dtype):
+    if "compact" in options and projection != "fastfood":
+        pytest.skip("compact is a Fastfood storage option")
+    net = nn.Sequential(nn.Linear(7, 13), nn.Tanh(), nn.Linear(13, 3)).to(dtype)
+    sub = SubspaceModel(net, 40, projection, seed=3, **options)
+    with torch.no_grad():
+        sub.theta_d.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+        if sub.said:
+            sub.lambdas.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(5, 7, dtype=dtype, generator=torch.Generator().manual_seed(4))
+    params = list(sub.parameters())
+    lean = torch.func.functional_call(net, sub.params_dict(), (x,))
+    g_lean = torch.autograd.grad(lean.square().sum(), params)
+    ref = torch.func.functional_call(net, _reference(sub), (x,))
+    g_ref = torch.autograd.grad(ref.square().sum(), params)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lean, ref, **tol)
+    for a, b in zip(g_lean, g_ref):  # float32: summation order differs, so compare on the gradient's scale
+        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, float(b.abs().max())))
+
+
+@pytest.mark.parametrize("projection", ["dense", "sparse", "fastfood"])
+def test_lean_path_two_forwards_before_one_backward(projection):
+    """Gradient accumulation: a second forward reuses the workspaces; the first graph's backward must still
+    be right (SAID's λ gradient needs P θ of its own forward, recomputed when overwritten)."""
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    sub = SubspaceModel(net, 30, projection, seed=0, said=True)
+    with torch.no_grad():
+        sub.theta_d.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    x1, x2 = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(1))
+    loss = sub(x1).square().sum() + sub(x2).tanh().sum()
+    lean = torch.autograd.grad(loss, list(sub.parameters()))
+    ref_loss = (torch.func.functional_call(net, _reference(sub), (x1,)).square().sum()
+                + torch.func.functional_call(net, _reference(sub), (x2,)).tanh().sum())
+    ref = torch.autograd.grad(ref_loss, list(sub.parameters()))
+    for a, b in zip(lean, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * max(1.0, float(b.abs().max())))
+
+
+def test_lean_path_parameter_unused_by_the_forward_gets_no_gradient_trouble():
+    """A projected parameter the forward never uses (like BERT's pooler under mean pooling) has no gradient:
+    its share of ∂θ^(d) is zero, exactly as through autograd."""
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(4, 3), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.used(x)
+
+    sub = SubspaceModel(TwoHeads(), 20, "fastfood", seed=0, said=True)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    lean = torch.autograd.grad(sub(x).sum(), list(sub.parameters()))
+    ref = torch.autograd.grad(torch.func.functional_call(sub.model, _reference(sub), (x,)).sum(), list(sub.parameters()))
+    for a, b in zip(lean, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * max(1.0, float(b.abs().max())))
+    assert sub.projection.workspace_bytes > 0 and "_ws" not in str(sub.state_dict().keys())
