@@ -21,7 +21,7 @@ LAB_PORT ?= 8888
 LAB_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-unit test-notebooks test-notebooks-other-cpu lab bench drift clean
+.PHONY: help setup run test test-unit test-notebooks test-notebooks-other-cpu lab bench drift sweep-05 clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-26s %s\n", $$1, $$2}'
@@ -92,6 +92,9 @@ bench: $(STAMP) ## run every benchmark in benchmarks/, then write benchmarks/RES
 
 drift: $(STAMP) ## every notebook on this CPU's kernels and on the portable path: what moves (benchmarks/kernel_drift.md)
 	$(PY) benchmarks/kernel_drift.py
+
+sweep-05: $(STAMP) ## notebook 05's full sweep (LoRA, SAID, full FT, probe; pre-trained and random) into sweeps/minilm_results.json: two one-thread workers, resumable (about RUNTIME)
+	$(PY) sweeps/minilm.py --workers 2
 
 clean: ## remove .venv, caches and saved adapters (notebooks and data stay)
 	rm -rf $(VENV) .pytest_cache adapters helpers/__pycache__ tests/__pycache__ *.egg-info

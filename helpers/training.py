@@ -322,7 +322,8 @@ def fit_linear_probe(E: torch.Tensor, y: torch.Tensor, n_classes: int | None = N
         return loss
 
     opt.step(closure)
-    probe = nn.Linear(X.shape[1], n_classes)
+    with torch.random.fork_rng():  # nn.Linear draws an init we overwrite: leave the caller's generator alone
+        probe = nn.Linear(X.shape[1], n_classes)
     with torch.no_grad():
         Ws = W / sigma
         probe.weight.copy_(Ws)
