@@ -22,6 +22,8 @@ import torch
 from helpers.checks import check_number, check_seed
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+MINILM_SWEEP_FILE = "minilm_results.json"
 
 MNIST_5K_FILE = "mnist_5k.npz"
 MNIST_5K_SHA256 = "6e2eb7de531bc20a5651a8d0e54886d6f927564ec5e5c8715b8bd8840fb246f4"
@@ -117,6 +119,36 @@ def load_trec6(data_dir: str | Path | None = None
         return (z["text_train"].tolist(), torch.from_numpy(z["y_train"].astype(np.int64)),
                 z["text_test"].tolist(), torch.from_numpy(z["y_test"].astype(np.int64)),
                 tuple(z["label_names"].tolist()))
+
+
+def load_sweep(path: str | Path | None = None):
+    """Notebook 05's committed sweep (sweeps/minilm_results.json, written by `make sweep-05`) as (config, points).
+
+    config: the dict of settings the sweep ran with (steps, batch size, lr grids, ...). points: a pandas
+    DataFrame, one row per finished run (stage, method, weights, size, seed, lr, accuracies per evaluation
+    step, ...; see sweeps/minilm.py). A missing or unreadable file raises ValueError naming the file and the
+    commands that restore or rebuild it.
+    """
+    import json
+
+    import pandas as pd
+    path = Path(path) if path is not None else SWEEPS_DIR / MINILM_SWEEP_FILE
+    fix = (f"restore it with `git checkout -- sweeps/{MINILM_SWEEP_FILE}` or rebuild it with `make sweep-05` "
+           "(about 2 hours on 2 cores)")
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: it holds notebook 05's full sweep; {fix}")
+    try:
+        data = json.loads(path.read_text())
+        config, points = data["config"], data["points"]
+        if not isinstance(config, dict) or not isinstance(points, list) or not points:
+            raise ValueError("no points")
+        frame = pd.DataFrame(points)
+        missing = {"key", "stage", "method", "weights", "size", "seed", "lr"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"columns {sorted(missing)} missing")
+    except (ValueError, KeyError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is corrupted or not a sweep results file ({e}); {fix}") from None
+    return config, frame
 
 
 def read_idx(path: str | Path) -> np.ndarray:

@@ -51,7 +51,8 @@ LR_GRID = {
 }
 LR_SIZE = {"lora": 8, "said": 1000}
 SEEDS = (0, 1)
-LORA_RANKS = {"pre-trained": (1, 2, 4, 8, 16), "random": (1, 4, 16)}
+LORA_RANKS = {"pre-trained": (1, 2, 4, 8, 16), "random": (1, 16)}
+LORA_EXTRA_RANKS_RANDOM = (4,)  # run last, if the sweep gets that far
 LORA_R1_BUDGET = 1 * 2 * 384 * 2 * 6 + 384 * 6 + 6  # 11,526: LoRA r=1 on W_q, W_v of 6 layers + the head
 SAID_DIMS = {"pre-trained": (250, 1000, 4000, LORA_R1_BUDGET), "random": (250, 1000, 4000)}
 FASTFOOD_DIMS = {"pre-trained": (1000,)}  # plain Fastfood (no λ), same exclusions and head rescaling
@@ -99,15 +100,19 @@ def plan(points: list[dict]) -> list[dict]:
         if methods is cheap:
             out.append(dict(stage="grid", method="probe", weights="pre-trained", size=0, seed=0, lr=None))
             out += [dict(stage="grid", method="probe", weights="random", size=0, seed=s, lr=None) for s in SEEDS]
-    grid = []
-    for w in ("pre-trained", "random"):
-        grid += [dict(method="head", weights=w, size=0, seed=s) for s in SEEDS]
-        grid += [dict(method="full", weights=w, size=0, seed=s) for s in SEEDS]
-        grid += [dict(method="lora", weights=w, size=r, seed=s) for r in LORA_RANKS[w] for s in SEEDS]
-    for w in ("pre-trained", "random"):
-        grid += [dict(method="said", weights=w, size=d, seed=s) for d in SAID_DIMS[w] for s in SEEDS]
-    for w, dims in FASTFOOD_DIMS.items():
-        grid += [dict(method="fastfood", weights=w, size=d, seed=s) for d in dims for s in SEEDS]
+    def direct(w, ranks):
+        return ([dict(method="head", weights=w, size=0, seed=s) for s in SEEDS]
+                + [dict(method="full", weights=w, size=0, seed=s) for s in SEEDS]
+                + [dict(method="lora", weights=w, size=r, seed=s) for r in ranks for s in SEEDS])
+
+    def subspace(method, dims, w):
+        return [dict(method=method, weights=w, size=d, seed=s) for d in dims for s in SEEDS]
+
+    # the pre-trained model first (the thesis), then the random-weights control; extras last
+    grid = (direct("pre-trained", LORA_RANKS["pre-trained"]) + subspace("said", SAID_DIMS["pre-trained"], "pre-trained")
+            + direct("random", LORA_RANKS["random"]) + subspace("said", SAID_DIMS["random"], "random")
+            + subspace("fastfood", FASTFOOD_DIMS["pre-trained"], "pre-trained")
+            + [dict(method="lora", weights="random", size=r, seed=s) for r in LORA_EXTRA_RANKS_RANDOM for s in SEEDS])
     for g in grid:
         g.update(stage="grid", lr=lrs.get((LR_FROM.get(g["method"], g["method"]), g["weights"])))
     return out + grid
@@ -260,6 +265,9 @@ def worker(path: Path, only: str | None) -> None:
     env = {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(), "threads": 1,
            "machine": platform.machine()}
     while True:
+        if path.with_suffix(".stop").exists():
+            print(f"[{os.getpid()}] {path.with_suffix('.stop').name} exists: stopping before the next point", flush=True)
+            return
         with locked(path):
             results = read(path)
             done = {p["key"] for p in results["points"]}

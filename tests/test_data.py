@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from helpers import data
+from conftest import says
 from helpers.data import load_mnist, make_moons, read_idx, select_classes
 
 
@@ -67,3 +68,16 @@ def test_make_moons_is_seeded_balanced_and_rotates():
     assert torch.equal(X, X2) and torch.equal(y, y2) and y.sum().item() == 100
     Xr, _ = make_moons(200, seed=3, rotation=90)
     assert torch.allclose(Xr, torch.stack([-X[:, 1], X[:, 0]], 1), atol=1e-6)
+
+
+def test_sweep_results_load_and_a_broken_file_names_the_fix(tmp_path):
+    from helpers.data import load_sweep
+    config, points = load_sweep()
+    assert config["batch_size"] == 16 and len(points) > 0
+    assert {"stage", "method", "weights", "size", "seed", "lr"} <= set(points.columns)
+    with pytest.raises(ValueError, match=says("minilm_results.json is missing", "git checkout -- sweeps/minilm_results.json",
+                                              "make sweep-05")):
+        load_sweep(tmp_path / "minilm_results.json")
+    (tmp_path / "minilm_results.json").write_text('{"config": {}, "points": [')
+    with pytest.raises(ValueError, match=says("minilm_results.json is corrupted", "make sweep-05")):
+        load_sweep(tmp_path / "minilm_results.json")
