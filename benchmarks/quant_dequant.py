@@ -25,7 +25,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _timing import interleaved  # noqa: E402
+from _timing import bandwidth, interleaved, machine, write_text  # noqa: E402
 from helpers.quant import dequantize_nf4, import_bitsandbytes, quantize_nf4  # noqa: E402
 
 CASES = [  # name, weight shape (d_out, d_in)
@@ -69,6 +69,11 @@ def main():
     if bnb is None:
         sys.exit(f"skipped: {why_not}")
     results = [run_case(bnb, name, shape, dq) for name, shape in CASES for dq in (False, True)]
+    bw = bandwidth()
+    for r in results:  # both sides return a new float32 tensor: the bound is writing it into fresh memory
+        r["write_bound_ms"] = 1e3 * 4 * r["numel"] / bw["write_fresh"]
+        r["ours_over_bound"] = r["dequant_ours_ms"] / r["write_bound_ms"]
+        r["bnb_over_bound"] = r["dequant_bnb_ms"] / r["write_bound_ms"]
     print(f"{'case':<22} {'DQ':>3} | {'bits ours':>9} {'bits bnb':>8} | {'same codes':>10} {'same values':>11} | "
           f"{'ours':>9} {'bnb':>9} {'ours/bnb throughput':>19}")
     for r in results:
@@ -82,10 +87,15 @@ def main():
           f"without: {max(r['bits_per_param_ours'] for r in big if not r['double_quant']):.4f}")
     print(f"dequantisation throughput ours / bitsandbytes: median {statistics.median(ratios):.2f} over the cases "
           f"(range {min(ratios):.2f}-{max(ratios):.2f}; > 1 means ours is faster)")
+    for r in big:
+        print(f"{r['case']} (DQ {'yes' if r['double_quant'] else 'no'}): writing the {4 * r['numel'] / 1e6:.0f} MB output "
+              f"into fresh memory takes {r['write_bound_ms']:.1f} ms alone; ours {r['ours_over_bound']:.2f}x that bound, "
+              f"bitsandbytes {r['bnb_over_bound']:.2f}x")
     print("note: 200 x 784 values differ because bitsandbytes 0.50.2's AVX-512 CPU dequantiser mis-indexes "
           "absmax when the row length is a multiple of 16 but not of the block size; the codes are identical")
-    OUT.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
+    write_text(OUT, json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
                                "machine": platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                               "machine_info": machine(), "bandwidth": bw,
                                "repeats": REPEATS, "results": results,
                                "bits_per_param_double_quant": bits_dq,
                                "median_throughput_ratio_ours_over_bnb": statistics.median(ratios)}, indent=2) + "\n")
