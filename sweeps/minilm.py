@@ -44,10 +44,11 @@ LORA_TARGETS = ("query", "value")  # Hu et al.'s choice for their GLUE runs: W_q
 LORA_ALPHA_PER_R = 2  # alpha = 2r: scaling α/r = 2 at every rank (as in notebook 04), so one lr serves all r
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1)
 LR_GRID = {
-    ("head", "pre-trained"): (3e-3, 1e-2, 3e-2), ("head", "random"): (3e-3, 1e-2, 3e-2),
+    # a grid whose best value was at its edge got one more value (head/random: 0.1; said/pre-trained: 0.3)
+    ("head", "pre-trained"): (3e-3, 1e-2, 3e-2), ("head", "random"): (3e-3, 1e-2, 3e-2, 1e-1),
     ("lora", "pre-trained"): (1e-3, 3e-3, 1e-2), ("lora", "random"): (1e-3, 3e-3, 1e-2),
     ("full", "pre-trained"): (3e-5, 1e-4, 3e-4), ("full", "random"): (1e-4, 3e-4, 1e-3),
-    ("said", "pre-trained"): (1e-2, 3e-2, 1e-1), ("said", "random"): (3e-3, 1e-2, 3e-2),
+    ("said", "pre-trained"): (1e-2, 3e-2, 1e-1, 3e-1), ("said", "random"): (3e-3, 1e-2, 3e-2),
 }
 LR_SIZE = {"lora": 8, "said": 1000}
 SEEDS = (0, 1)
@@ -234,9 +235,14 @@ def read(path: Path) -> dict:
     if not path.exists():
         return {"config": config(), "points": []}
     data = json.loads(path.read_text())
-    if data.get("config") != config():
+    stored, current = dict(data.get("config", {})), config()
+    old_grid, new_grid = stored.pop("lr_grid", {}), current.pop("lr_grid")
+    # the learning-rate grids may grow (a family whose best lr sat at the edge of its grid gets one more value);
+    # every other setting must be the one the finished points ran with
+    if stored != current or any(not set(v) <= set(new_grid.get(k, ())) for k, v in old_grid.items()):
         raise SystemExit(f"{path} was written with another configuration: move it away (or delete it) to start over, "
                          "or restore the settings it records")
+    data["config"] = config()
     return data
 
 
