@@ -44,11 +44,11 @@ LORA_TARGETS = ("query", "value")  # Hu et al.'s choice for their GLUE runs: W_q
 LORA_ALPHA_PER_R = 2  # alpha = 2r: scaling α/r = 2 at every rank (as in notebook 04), so one lr serves all r
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1)
 LR_GRID = {
-    # a grid whose best value was at its edge got one more value (head/random: 0.1; said/pre-trained: 0.3)
+    # a grid whose best value was at its edge got one more value (head/random 0.1, said 0.3 and 0.1)
     ("head", "pre-trained"): (3e-3, 1e-2, 3e-2), ("head", "random"): (3e-3, 1e-2, 3e-2, 1e-1),
     ("lora", "pre-trained"): (1e-3, 3e-3, 1e-2), ("lora", "random"): (1e-3, 3e-3, 1e-2),
     ("full", "pre-trained"): (3e-5, 1e-4, 3e-4), ("full", "random"): (1e-4, 3e-4, 1e-3),
-    ("said", "pre-trained"): (1e-2, 3e-2, 1e-1, 3e-1), ("said", "random"): (3e-3, 1e-2, 3e-2),
+    ("said", "pre-trained"): (1e-2, 3e-2, 1e-1, 3e-1), ("said", "random"): (3e-3, 1e-2, 3e-2, 1e-1),
 }
 LR_SIZE = {"lora": 8, "said": 1000}
 SEEDS = (0, 1)
