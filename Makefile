@@ -93,7 +93,7 @@ bench: $(STAMP) ## run every benchmark in benchmarks/, then write benchmarks/RES
 drift: $(STAMP) ## every notebook on this CPU's kernels and on the portable path: what moves (benchmarks/kernel_drift.md)
 	$(PY) benchmarks/kernel_drift.py
 
-sweep-05: $(STAMP) ## notebook 05's full sweep (LoRA, SAID, full FT, probe; pre-trained and random) into sweeps/minilm_results.json: two one-thread workers, resumable (about RUNTIME)
+sweep-05: $(STAMP) ## notebook 05's full sweep (LoRA, SAID, full FT, probe; pre-trained and random) into sweeps/minilm_results.json: two one-thread workers, resumable (measured: 2 h 20 min here, on 2 cores shared with other jobs)
 	$(PY) sweeps/minilm.py --workers 2
 
 clean: ## remove .venv, caches and saved adapters (notebooks and data stay)

@@ -134,7 +134,7 @@ def load_sweep(path: str | Path | None = None):
     import pandas as pd
     path = Path(path) if path is not None else SWEEPS_DIR / MINILM_SWEEP_FILE
     fix = (f"restore it with `git checkout -- sweeps/{MINILM_SWEEP_FILE}` or rebuild it with `make sweep-05` "
-           "(about 2 hours on 2 cores)")
+           "(2 h 20 min measured on 2 shared cores)")
     if not path.is_file():
         raise ValueError(f"{path} is missing: it holds notebook 05's full sweep; {fix}")
     try:
