@@ -86,7 +86,7 @@ lab: $(STAMP) ## open the series in JupyterLab (LAB_PORT=8888; LAB_ARGS="--no-br
 	$(PY) -m jupyter lab --ServerApp.root_dir="$(CURDIR)" --port=$(LAB_PORT) --ServerApp.port_retries=0 \
 	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS) notebooks/01_peft_motivation.ipynb
 
-bench: $(STAMP) ## run every benchmark in benchmarks/, then write benchmarks/RESULTS.md (about 8 minutes)
+bench: $(STAMP) ## run every benchmark in benchmarks/, then write benchmarks/RESULTS.md (about 30 minutes)
 	@for b in $(filter-out benchmarks/report.py benchmarks/kernel_drift.py benchmarks/_%,$(wildcard benchmarks/*.py)); do echo "== $$b"; $(PY) "$$b" || exit 1; done
 	$(PY) benchmarks/report.py
 

@@ -51,7 +51,7 @@ def subspace_rows(data):
     m = data["mlp"]
     threads = data["machine"]["threads"]
     how = (f"MNIST MLP 784-200-200-10, batch {m['batch']}, {threads} thread(s), median of {m['repeats']} "
-           f"interleaved repeats x {m['steps_per_repeat']} steps")
+           f"interleaved repeats x {m['steps_per_repeat']} steps; direct step {m['direct_ms']:.1f} ms in this run")
     out = []
     for r in m["rows"]:
         name = r["config"]

@@ -2,11 +2,12 @@
 
 Which notebook uses which module:
 
-- `data` (01-05): bundled MNIST 5k, full MNIST on request, `select_classes`, `make_moons`, TREC-6 (`load_trec6`),
-  notebook 05's committed sweep (`load_sweep`).
+- `data` (01-05): bundled MNIST 5k, full MNIST on request, `select_classes`, `make_moons`, `split_off_validation`,
+  TREC-6 (`load_trec6`), notebook 05's committed sweep (`load_sweep`).
 - `models` (01-04): `mlp`, `body`, `with_new_head`, `n_params`, `count_parameters`, `print_trainable_parameters`.
 - `training` (01-05): `train` (epochs or steps, per-parameter `lr_for`), `evaluate`, `predict`, `training_step`,
-  `fit_linear_probe`, `set_seed`, `progress_bar`, `OPTIMIZERS`.
+  `choose_lr` (learning rate chosen on a validation split), `TrainingDiverged`, `fit_linear_probe`, `set_seed`,
+  `progress_bar`, `OPTIMIZERS`.
 - `plotting` (01-05): the series' style, `stacked_bars`, `decision_boundary`, `show_interactive`.
 - `memory` (01, 02): the memory formula, `finetune_memory`, `measure_training_memory`, `tensor_bytes`.
 - `lora` (01, 02, 04, 05): `LoRALinear`, `add_lora`, merging, `save_adapter` / `load_adapter`, and the public

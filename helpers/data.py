@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.checks import check_number, check_seed
+from helpers.checks import check_int, check_number, check_seed
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
@@ -230,6 +230,29 @@ def select_classes(X: torch.Tensor, y: torch.Tensor, classes) -> tuple[torch.Ten
     lookup[torch.tensor(classes)] = torch.arange(len(classes))
     keep = lookup[y] >= 0
     return X[keep], lookup[y[keep]]
+
+
+def split_off_validation(X: torch.Tensor, y: torch.Tensor, n_val: int, seed: int = 0
+                         ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Carve a validation set out of training data: ((X_fit, y_fit), (X_val, y_val)).
+
+    X: (N, ...) and y: (N,) of the same length; `n_val` rows, drawn by a random permutation from a local
+    generator seeded with `seed` (the global RNG is untouched), go to validation and the other N - n_val to
+    fitting, each in permutation order. Learning rates are chosen on the validation part, never on test data.
+    """
+    if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ValueError(f"X and y must be torch tensors, got {type(X).__name__} and {type(y).__name__}: "
+                         "pass the tensors load_mnist or make_moons return")
+    if X.dim() == 0 or y.dim() != 1 or len(X) != len(y):
+        raise ValueError(f"X has shape {tuple(X.shape)} and y {tuple(y.shape)}: pass one label per row of X, "
+                         "y of shape (N,)")
+    n_val = check_int("n_val", n_val, 1, "n_val=len(X) // 5")
+    if n_val >= len(X):
+        raise ValueError(f"n_val={n_val} leaves nothing to fit on ({len(X)} rows): pass n_val < {len(X)}, "
+                         f"e.g. n_val={max(1, len(X) // 5)}")
+    order = torch.randperm(len(X), generator=torch.Generator().manual_seed(check_seed(seed)))
+    fit, val = order[n_val:], order[:n_val]
+    return (X[fit], y[fit]), (X[val], y[val])
 
 
 def make_moons(n: int = 1000, noise: float = 0.1, seed: int = 0, rotation: float = 0.0,

@@ -58,7 +58,7 @@ def check_lora_args(r, alpha, dropout, rslora) -> None:
         raise ValueError(f"r must be a positive integer (the rank of ΔW = BA), got {r!r}; use e.g. r=4")
     if isinstance(alpha, bool) or not isinstance(alpha, Real) or not alpha > 0 or not math.isfinite(alpha):
         raise ValueError(f"alpha must be a positive number (the scale is α/r), got {alpha!r}; "
-                         "use e.g. alpha=r or alpha=2*r")
+                         "use e.g. alpha=8, fixed for every rank as in the LoRA paper")
     if isinstance(dropout, bool) or not isinstance(dropout, Real) or not 0 <= dropout < 1:  # NaN fails too
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}; use 0.0 to switch it off")
     if not isinstance(rslora, bool):

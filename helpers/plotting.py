@@ -16,8 +16,12 @@ def set_style() -> None:
 
 
 def stacked_bars(breakdowns: dict[str, dict[str, float]], parts: list[str], unit: float = 1e9,
-                 unit_name: str = "GB", title: str = "", ax=None):
-    """One stacked bar per label: breakdowns[label][part] in bytes, drawn in `unit_name`."""
+                 unit_name: str = "GB", title: str = "", ax=None, thin: float = 0.02):
+    """One stacked bar per label: breakdowns[label][part] in bytes, drawn in `unit_name`.
+
+    Each bar's total is written above it; parts thinner than `thin` x the tallest bar (invisible as a
+    sliver) are written out under the total, so a reader sees them. The legend sits outside the axes.
+    """
     ax = ax or plt.subplots()[1]
     labels = list(breakdowns)
     bottom = [0.0] * len(labels)
@@ -25,9 +29,19 @@ def stacked_bars(breakdowns: dict[str, dict[str, float]], parts: list[str], unit
         heights = [breakdowns[label][part] / unit for label in labels]
         ax.bar(labels, heights, bottom=bottom, label=part, color=colour)
         bottom = [b + h for b, h in zip(bottom, heights)]
+    top = max(bottom) if bottom and max(bottom) > 0 else 1.0
+    for i, (label, total) in enumerate(zip(labels, bottom)):
+        slivers = [f"{part} {breakdowns[label][part] / unit:,.2f} {unit_name}" for part in parts
+                   if 0 < breakdowns[label][part] / unit < thin * top]
+        if slivers:
+            ax.annotate("\n".join(slivers), (i, total), xytext=(0, 3), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=8)
+        ax.annotate(f"{total:,.1f} {unit_name}", (i, total), xytext=(0, 3 + 11 * len(slivers)),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=9, fontweight="bold")
+    ax.set_ylim(0, top * 1.3)
     ax.set_ylabel(f"memory ({unit_name})")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax
 
 
@@ -45,7 +59,7 @@ def decision_boundary(model, X: torch.Tensor, y: torch.Tensor, ax=None, title: s
         model.train(was_training)
     ax.contourf(gx, gy, prob, levels=[0, 0.5, 1], colors=[PALETTE[0], PALETTE[1]], alpha=0.25)
     ax.scatter(X[:, 0], X[:, 1], c=[PALETTE[int(c)] for c in y], s=6)
-    ax.set(title=title, xlabel="$x_1$", ylabel="$x_2$", xticks=[], yticks=[])
+    ax.set(title=title, xlabel="$x_1$", ylabel="$x_2$", aspect="equal")
     return ax
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from numbers import Real
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -17,6 +18,10 @@ from tqdm import tqdm
 from helpers.checks import check_features, check_int, check_labels, check_number, check_seed
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}  # the one table
+
+
+class TrainingDiverged(ValueError):
+    """`train` stopped because the loss became NaN or inf (the model was restored); a ValueError."""
 
 
 def _in_notebook() -> bool:
@@ -259,8 +264,8 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int | N
                     loss = training_step(model, opt, X[idx], y[idx]).item()
                     seconds += time.perf_counter() - t0
                     if not math.isfinite(loss):
-                        raise ValueError(f"the loss became {loss} at step {step + 1} (lr={lr}): training diverged; "
-                                         "the model was restored — lower lr")
+                        raise TrainingDiverged(f"the loss became {loss} at step {step + 1} (lr={lr}): training "
+                                               "diverged; the model was restored — lower lr")
                     running.append(loss)
                     step += 1
                     bar.update(1)
@@ -329,3 +334,79 @@ def fit_linear_probe(E: torch.Tensor, y: torch.Tensor, n_classes: int | None = N
         probe.weight.copy_(Ws)
         probe.bias.copy_(b - Ws @ mu)
     return probe.requires_grad_(False).eval()
+
+
+class LRChoice(NamedTuple):
+    """What `choose_lr` found: the chosen learning rate, validation accuracy and mean validation cross-entropy
+    per learning rate (in the order tried; NaN where training diverged), and the model trained at the chosen rate."""
+    lr: float
+    val_acc: dict[float, float]
+    val_loss: dict[float, float]
+    model: nn.Module
+
+
+@torch.no_grad()
+def _mean_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy of `model` on (X, y) in eval mode; the model's mode is restored."""
+    was_training = model.training
+    try:
+        model.eval()
+        return nn.functional.cross_entropy(model(X), y).item()
+    finally:
+        model.train(was_training)
+
+
+def choose_lr(build: Callable[[], nn.Module], lrs, fit: tuple[torch.Tensor, torch.Tensor],
+              val: tuple[torch.Tensor, torch.Tensor], *, seed: int = 0, progress: bool = True,
+              desc: str = "learning rates", **train_kwargs) -> LRChoice:
+    """The learning rate, among `lrs`, at which a model from `build()` scores best on validation data.
+
+    For each lr: `model = build()` (a fresh model whose trainable parameters are set, e.g. a copy of a
+    pre-trained model with LoRA added), `train(model, *fit, lr=lr, seed=seed, **train_kwargs)`, then its
+    accuracy on val = (X_val, y_val) — data carved out of the training data (`split_off_validation`), never
+    the test set. The best rate has the highest validation accuracy; among equal accuracies (common when a
+    small validation set saturates), the lowest validation cross-entropy; then the smaller rate. A rate at which
+    training diverges (`TrainingDiverged`) scores NaN and is never chosen; if every rate diverges, the last
+    TrainingDiverged is raised. `build` owns any randomness of its own (e.g. it may seed LoRA's A init); this
+    function draws none. Returns LRChoice(lr, val_acc, val_loss, model).
+    """
+    if not callable(build):
+        raise ValueError(f"build must be a function that returns a fresh model, got {type(build).__name__}: "
+                         "pass e.g. lambda: copy.deepcopy(pretrained)")
+    if isinstance(lrs, (str, bytes)) or not hasattr(lrs, "__iter__"):
+        raise ValueError(f"lrs must be a list of learning rates, got {lrs!r}; e.g. lrs=[1e-3, 3e-3, 1e-2]")
+    lrs = [check_number("each learning rate in lrs", lr, positive=True, example="lrs=[1e-3, 3e-3, 1e-2]")
+           for lr in lrs]
+    if not lrs or len(set(lrs)) != len(lrs):
+        raise ValueError(f"lrs must list at least one learning rate, each once, got {lrs}; e.g. lrs=[1e-3, 1e-2]")
+    for name, pair in (("fit", fit), ("val", val)):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"{name} must be a pair (X, y), got {type(pair).__name__}: "
+                             "pass the parts split_off_validation returns")
+        check_features(f"X of {name}", pair[0])
+        check_labels(f"y of {name}", pair[1], len(pair[0]))
+    if "lr" in train_kwargs:
+        raise ValueError("lr is set by choose_lr itself (it tries each of lrs): drop it from the training arguments")
+    bar = progress_bar(len(lrs), desc, progress)
+    val_acc, val_loss, best = {}, {}, None
+    try:
+        for lr in lrs:
+            model = build()
+            _check_model(model)
+            try:
+                train(model, *fit, lr=lr, seed=seed, progress=False, **train_kwargs)
+            except TrainingDiverged as error:
+                val_acc[lr], val_loss[lr], diverged = math.nan, math.nan, error
+                bar.update(1)
+                continue
+            val_acc[lr], val_loss[lr] = evaluate(model, *val), _mean_loss(model, *val)
+            score = (val_acc[lr], -val_loss[lr], -lr)
+            if best is None or score > best[2]:
+                best = (lr, model, score)
+            bar.update(1)
+            bar.set_postfix(best_lr=f"{best[0]:g}")
+    finally:
+        bar.close()
+    if best is None:
+        raise diverged
+    return LRChoice(best[0], val_acc, val_loss, best[1])

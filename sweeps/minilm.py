@@ -187,7 +187,7 @@ def run_probe(p: dict, data: dict, encoder, tok) -> dict:
 
 def run_point(p: dict, data: dict) -> dict:
     from helpers.text import load_minilm
-    from helpers.training import train
+    from helpers.training import TrainingDiverged, train
     t0 = time.perf_counter()
     encoder, tok = load_minilm(random_weights=p["weights"] == "random", seed=p["seed"])
     if p["method"] == "probe":
@@ -201,9 +201,7 @@ def run_point(p: dict, data: dict) -> dict:
         h = train(model, X, y, steps=steps, lr=p["lr"], lr_for=lr_for, batch_size=BATCH, seed=p["seed"],
                   eval_data=data["val" if lr_stage else "test"], eval_every=steps if lr_stage else EVAL_EVERY,
                   eval_batch_size=EVAL_BATCH, progress=False)
-    except ValueError as e:
-        if "training diverged" not in str(e):
-            raise
+    except TrainingDiverged as e:  # recorded (val_acc None: never chosen), the sweep goes on
         out.update(diverged=str(e), val_acc=None, final_acc=None, wall_seconds=time.perf_counter() - t0)
         return out
     out.update(eval_steps=h["step"], acc=h["test_acc"], train_seconds=h["seconds"], loss=h["loss"],

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from helpers import data
-from conftest import says
-from helpers.data import load_mnist, make_moons, read_idx, select_classes
+from helpers.data import load_mnist, make_moons, read_idx, select_classes, split_off_validation
+
+from conftest import says, unchanged
 
 
 def test_mnist_5k_shapes_ranges_and_stratified_split():
@@ -81,3 +82,29 @@ def test_sweep_results_load_and_a_broken_file_names_the_fix(tmp_path):
     (tmp_path / "minilm_results.json").write_text('{"config": {}, "points": [')
     with pytest.raises(ValueError, match=says("minilm_results.json is corrupted", "make sweep-05")):
         load_sweep(tmp_path / "minilm_results.json")
+
+
+def test_split_off_validation_partitions_the_rows_and_leaves_the_global_rng_alone():
+    X, y = make_moons(50, seed=0)
+    state = torch.random.get_rng_state()
+    (X_fit, y_fit), (X_val, y_val) = split_off_validation(X, y, 10, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert len(X_val) == len(y_val) == 10 and len(X_fit) == len(y_fit) == 40
+    rows = sorted(map(tuple, torch.cat([X_fit, X_val]).tolist()))
+    assert rows == sorted(map(tuple, X.tolist()))
+    again = split_off_validation(X, y, 10, seed=1)
+    assert torch.equal(again[1][0], X_val) and not torch.equal(split_off_validation(X, y, 10, seed=2)[1][0], X_val)
+
+
+@pytest.mark.parametrize("n_val, fragments", [(0, ["n_val must be >= 1, got 0"]), (2.5, ["n_val must be an integer"]),
+                                              (50, ["n_val=50 leaves nothing to fit on (50 rows)", "n_val < 50"])])
+def test_split_off_validation_bad_sizes(n_val, fragments):
+    X, y = make_moons(50, seed=0)
+    with unchanged(tensors=[X, y]), pytest.raises(ValueError, match=says(*fragments)):
+        split_off_validation(X, y, n_val)
+
+
+def test_split_off_validation_mismatched_rows():
+    X, y = make_moons(50, seed=0)
+    with pytest.raises(ValueError, match=says("X has shape (50, 2) and y (49,)", "one label per row")):
+        split_off_validation(X, y[:-1], 5)

@@ -1,5 +1,6 @@
 """helpers.training: train / evaluate / training_step, the progress bar a saved notebook keeps, and the widget
 stand-in text."""
+import math
 from unittest import mock
 
 import pytest
@@ -222,3 +223,73 @@ def test_linear_probe_refuses_bad_inputs(kwargs, fragments):
     args = {"E": torch.rand(4, 3), "y": torch.tensor([0, 1, 0, 1]), **kwargs}
     with pytest.raises(ValueError, match=says(*fragments)):
         training.fit_linear_probe(args.pop("E"), args.pop("y"), **args)
+
+
+def test_choose_lr_picks_the_best_on_validation_and_returns_its_model():
+    X, y = _task(40)
+    fit, val = (X[:30], y[:30]), (X[30:], y[30:])
+    state = torch.random.get_rng_state()
+    choice = training.choose_lr(lambda: mlp(SIZES, seed=1), [1e-4, 1e-2, 1e-1], fit, val, epochs=3, batch_size=10,
+                                progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert list(choice.val_acc) == [1e-4, 1e-2, 1e-1]
+    assert choice.val_acc[choice.lr] == max(choice.val_acc.values())
+    again = mlp(SIZES, seed=1)
+    training.train(again, *fit, lr=choice.lr, epochs=3, batch_size=10, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), choice.model.parameters()))
+
+
+class _Untrainable(nn.Module):
+    """Outputs that no learning rate changes: the one trainable tensor enters the output times zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp(SIZES, seed=1).requires_grad_(False)
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return self.net(x) + 0 * self.dummy
+
+
+def test_choose_lr_breaks_a_tie_by_validation_loss_then_towards_the_smaller_rate():
+    X, y = _task(20)
+    choice = training.choose_lr(_Untrainable, [1e-2, 1e-3], (X, y), (X, y), epochs=1, progress=False)
+    assert choice.val_acc[1e-2] == choice.val_acc[1e-3] and choice.val_loss[1e-2] == choice.val_loss[1e-3]
+    assert choice.lr == 1e-3
+    losses = {1e-2: 0.1, 1e-3: 0.5}
+    with mock.patch.object(training, "_mean_loss", lambda model, X, y: losses[model.lr]):
+        build = lambda: setattr(m := _Untrainable(), "lr", build.lrs.pop(0)) or m
+        build.lrs = [1e-2, 1e-3]
+        choice = training.choose_lr(build, [1e-2, 1e-3], (X, y), (X, y), epochs=1, progress=False)
+    assert choice.lr == 1e-2 and choice.val_loss == losses
+
+
+@pytest.mark.parametrize("build, lrs, extra, fragments", [
+    ("not callable", [1e-3], {}, ["build must be a function that returns a fresh model, got str"]),
+    (None, [], {}, ["lrs must list at least one learning rate"]),
+    (None, [1e-3, 1e-3], {}, ["each once"]),
+    (None, [0.0], {}, ["each learning rate in lrs must be > 0, got 0.0"]),
+    (None, 1e-3, {}, ["lrs must be a list of learning rates, got 0.001"]),
+    (None, [1e-3], {"lr": 1e-2}, ["lr is set by choose_lr itself", "drop it"]),
+    (lambda: "a model", [1e-3], {}, ["model must be a torch.nn.Module, got str"]),
+])
+def test_choose_lr_bad_arguments(build, lrs, extra, fragments):
+    X, y = _task()
+    with unchanged(tensors=[X, y]), pytest.raises(ValueError, match=says(*fragments)):
+        training.choose_lr(build or (lambda: mlp(SIZES)), lrs, (X, y), (X, y), progress=False, **extra)
+
+
+def test_choose_lr_scores_a_diverging_rate_nan_and_never_picks_it():
+    X, y = _task(20)
+    with mock.patch.object(training, "training_step", lambda *a: torch.tensor(float("nan"))):
+        with pytest.raises(training.TrainingDiverged, match=says("the loss became nan", "lower lr")):
+            training.choose_lr(lambda: mlp(SIZES), [1e-3, 1e-2], (X, y), (X, y), epochs=1, progress=False)
+    real_step = training.training_step
+
+    def nan_at_large_lr(model, opt, X, y):
+        loss = real_step(model, opt, X, y)
+        return torch.tensor(float("nan")) if opt.param_groups[0]["lr"] > 1 else loss
+
+    with mock.patch.object(training, "training_step", nan_at_large_lr):
+        choice = training.choose_lr(lambda: mlp(SIZES), [1e-2, 10.0], (X, y), (X, y), epochs=1, progress=False)
+    assert choice.lr == 1e-2 and math.isnan(choice.val_acc[10.0])
