@@ -249,6 +249,7 @@ def write_json(path: Path, data: dict) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes the file private; the results are an ordinary, readable file
     os.replace(tmp, path)
 
 
