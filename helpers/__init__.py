@@ -3,19 +3,21 @@
 Which notebook uses which module:
 
 - `data` (01-05): bundled MNIST 5k, full MNIST on request, `select_classes`, `split_off_validation`, `make_moons`,
-  TREC-6 (`load_trec6`), the stored sweeps behind 03 and 04 (`load_sweep_results`).
+  TREC-6 (`load_trec6`), the stored sweeps behind 03, 04 and 05 (`load_sweep_results`).
 - `models` (01-04): `mlp`, `body`, `with_new_head`, `n_params`, `count_parameters`, `print_trainable_parameters`.
-- `training` (01-04): `train`, `evaluate`, `predict`, `training_step`, `choose_lr` (learning rate chosen on a
-  validation split), `TrainingDiverged`, `set_seed`, `progress_bar`, `OPTIMIZERS`.
-- `plotting` (01-04): the series' style, `stacked_bars`, `decision_boundary`, `show_interactive`.
+- `training` (01-05): `train` (epochs or steps, per-parameter `lr_for`), `evaluate`, `predict`, `training_step`,
+  `choose_lr` (learning rate chosen on a validation split), `TrainingDiverged`, `fit_linear_probe`, `set_seed`,
+  `progress_bar`, `OPTIMIZERS`.
+- `plotting` (01-05): the series' style, `stacked_bars`, `decision_boundary`, `show_interactive`.
 - `memory` (01, 02): the memory formula, `finetune_memory`, `measure_training_memory`, `tensor_bytes`.
-- `lora` (01, 02, 04): `LoRALinear`, `add_lora`, merging, `save_adapter` / `load_adapter`, and the public
+- `lora` (01, 02, 04, 05): `LoRALinear`, `add_lora`, merging, `save_adapter` / `load_adapter`, and the public
   surgery API `quant` builds on (`find_targets`, `replace_modules`, `freeze_all_but_lora`, ...).
 - `quant` (02): NF4 and double quantisation, `LinearNF4`, `QLoRALinear`, `add_qlora`, `quantize_model`.
 - `subspace` (03, 04, 05): dense / sparse / Fastfood projections, `fwht`, `SubspaceModel` (with `exclude`,
   `rescale` and SAID's per-block scales for large pre-trained models).
-- `text` (05): all-MiniLM-L6-v2 offline (`load_minilm`), its tokenizer, `embed`, `SentenceClassifier`.
-- `intrinsic` (03, 04): `sweep`, `baseline`, `dint90`, the toy problem.
+- `text` (05): all-MiniLM-L6-v2 offline (`load_minilm`), its tokenizer, `embed`, `SentenceClassifier`, SAID's
+  blocks (`said_block`, `SAID_EXCLUDE`), `sort_by_length`.
+- `intrinsic` (03, 04, 05): `sweep`, `baseline`, `dint90`, the toy problem.
 - `analysis` (04): spectra, LoRA subspace similarity, training-step FLOPs (analytic, and as run: `measured_step_flops`).
 - `checks` (every module): the shared argument checks (ValueError naming the value and the fix).
 

@@ -22,6 +22,7 @@ import torch
 from helpers.checks import check_int, check_number, check_seed
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 
 MNIST_5K_FILE = "mnist_5k.npz"
 MNIST_5K_SHA256 = "6e2eb7de531bc20a5651a8d0e54886d6f927564ec5e5c8715b8bd8840fb246f4"
@@ -255,12 +256,15 @@ def make_moons(n: int = 1000, noise: float = 0.1, seed: int = 0, rotation: float
 
 
 # Stored sweeps behind notebooks 03 and 04: name -> (the notebook, the make target that rebuilds the file, runtime)
-SWEEP_RESULTS = {"intrinsic_mlp": ("03", "make sweep-03", "about 20 minutes"),
-                 "lora_vs_subspace": ("04", "make sweep-04", "about 30 minutes")}
+# name -> (notebook, the command that rebuilds it, its runtime on 2 cores, the columns every run must have)
+SWEEP_RESULTS = {"intrinsic_mlp": ("03", "make sweep-03", "about 20 minutes", {"key"}),
+                 "lora_vs_subspace": ("04", "make sweep-04", "about 30 minutes", {"key"}),
+                 "minilm": ("05", "make sweep-05", "2 h 20 min measured, shared with other jobs",
+                            {"key", "stage", "method", "weights", "size", "seed", "lr"})}
 
 
 def load_sweep_results(name: str, path: str | Path | None = None) -> dict:
-    """A stored sweep, sweeps/<name>_results.json, written by sweeps/<name>.py (`make sweep-03` / `sweep-04`).
+    """A stored sweep, sweeps/<name>_results.json, written by sweeps/<name>.py (`make sweep-03` / `-04` / `-05`).
 
     Returns the file's top-level dict with "runs" turned into a pandas DataFrame (one row per finished run:
     the run's settings and its scores; see the script's docstring) and "config" (the settings the sweep ran
@@ -272,8 +276,8 @@ def load_sweep_results(name: str, path: str | Path | None = None) -> dict:
     import pandas as pd
     if name not in SWEEP_RESULTS:
         raise ValueError(f"unknown sweep {name!r}: choose one of {sorted(SWEEP_RESULTS)}")
-    notebook, target, runtime = SWEEP_RESULTS[name]
-    path = Path(path) if path is not None else DATA_DIR.parent / "sweeps" / f"{name}_results.json"
+    notebook, target, runtime, columns = SWEEP_RESULTS[name]
+    path = Path(path) if path is not None else SWEEPS_DIR / f"{name}_results.json"
     fix = (f"restore it with `git checkout -- sweeps/{name}_results.json` or rebuild it with `{target}` "
            f"({runtime} on 2 cores)")
     if not path.is_file():
@@ -283,7 +287,10 @@ def load_sweep_results(name: str, path: str | Path | None = None) -> dict:
         if not isinstance(data.get("config"), dict) or not isinstance(data.get("runs"), list) or not data["runs"]:
             raise ValueError("no config or no runs")
         runs = pd.DataFrame(data["runs"])
-        if "key" not in runs.columns or runs["key"].duplicated().any():
+        missing = columns - set(runs.columns)
+        if missing:
+            raise ValueError(f"columns {sorted(missing)} missing")
+        if runs["key"].duplicated().any():
             raise ValueError("runs without a unique key")
     except (ValueError, TypeError, AttributeError) as e:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{path} is corrupted or not a sweep results file ({e}); {fix}") from None

@@ -142,19 +142,57 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int
     return (predict(model, X, batch_size) == y).float().mean().item()
 
 
-def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 10, lr: float = 1e-3,
+def _lr_groups(model: nn.Module, params: list, lr: float, lr_for) -> list[dict]:
+    """Optimizer parameter groups: {"params": [...], "lr": ...}, one per distinct lr (see `train`'s lr_for)."""
+    if lr_for is None:
+        return [{"params": params}]
+    if not isinstance(lr_for, dict) or not lr_for:
+        raise ValueError(f"lr_for must be a non-empty dict {{name prefix: lr}}, got {lr_for!r}: e.g. lr_for={{'head': 1e-2}}")
+    trained = {id(p) for p in params}
+    names = [(n, p) for n, p in model.named_parameters() if id(p) in trained]
+    chosen: dict[int, float] = {}
+    for prefix, value in lr_for.items():
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"lr_for keys must be parameter-name prefixes (str), got {prefix!r}: e.g. lr_for={{'head': 1e-2}}")
+        check_number(f"lr_for[{prefix!r}]", value, positive=True, example=f"lr_for={{{prefix!r}: 1e-2}}")
+        hits = [p for n, p in names if n == prefix or n.startswith(prefix + ".")]
+        if not hits:
+            tops = sorted({n.split(".")[0] for n, _ in names})
+            raise ValueError(f"lr_for entry {prefix!r} matches no trained parameter; trained parameters start with "
+                             f"{', '.join(tops)} (e.g. {names[0][0]!r})")
+        for p in hits:
+            if id(p) in chosen:
+                raise ValueError(f"a parameter under {prefix!r} is also selected by another lr_for entry: give each "
+                                 "parameter one learning rate")
+            chosen[id(p)] = float(value)
+    lrs = [chosen.get(id(p), float(lr)) for p in params]
+    return [{"params": [p for p, v in zip(params, lrs) if v == value], "lr": value} for value in dict.fromkeys(lrs)]
+
+
+def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int | None = None, lr: float = 1e-3,
           batch_size: int = 128, optimizer: str = "adam", weight_decay: float = 0.0, seed: int = 0,
           params=None, eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-          eval_every: int | None = None, progress: bool = True, desc: str = "train") -> dict[str, list]:
+          eval_every: int | None = None, progress: bool = True, desc: str = "train",
+          steps: int | None = None, lr_for: dict[str, float] | None = None,
+          eval_batch_size: int = 4096) -> dict[str, list]:
     """Minibatch training with cross-entropy; returns a history of lists.
 
-    X: (N, d_in) floats, y: (N,) int64 in 0..n_classes-1. `seed` fixes everything random: the batch order
+    X: (N, d_in) floats (or any float tensor whose rows the model takes, e.g. (N, 2, L) token ids and masks),
+    y: (N,) int64 in 0..n_classes-1. `seed` fixes everything random: the batch order
     (a local generator) and dropout (drawn inside `torch.random.fork_rng`, seeded with `seed`), so two calls
     with the same seed give the same losses and the caller's global RNG state is left exactly as it was.
     Only `params` (default: every parameter with requires_grad) are optimised.
+    Length: `epochs` passes over the data (default 10), or exactly `steps` optimiser steps (the data is
+    reshuffled at every pass, as with epochs; give one of the two). A constant learning rate: the first k
+    steps of a longer run are exactly a k-step run with the same seed.
+    `lr_for`: per-parameter learning rates, {name prefix: lr}; a trained parameter whose name (in
+    `model.named_parameters()`) is the prefix or starts with prefix + "." uses that lr, the others `lr`
+    (e.g. lr=1e-4, lr_for={"head": 1e-2}: the encoder at 1e-4, a fresh head at 1e-2).
     History keys: step, epoch, loss (mean over the steps since the last record), seconds (training
     time so far, evaluation excluded) and, with `eval_data=(X_test, y_test)`, test_acc. A record is
-    written every `eval_every` steps (default: at the end of each epoch). The model ends in eval mode.
+    written every `eval_every` steps (default: at the end of each epoch) and after the last step;
+    evaluation runs `eval_batch_size` rows at a time (a transformer wants small batches of similar length).
+    The model ends in eval mode.
     Every argument (and every label against the model's output width) is checked before the first step;
     if a step fails or the loss turns NaN/inf, the trained tensors, their grads, batch-norm statistics
     and the model's mode are restored and the error is raised.
@@ -166,7 +204,13 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 1
     if not isinstance(y, torch.Tensor) or len(X) != len(y):
         raise ValueError(f"X has {len(X)} rows but y has {len(y) if hasattr(y, '__len__') else y!r} labels: "
                          "pass one label per row")
-    if (any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (epochs, batch_size))
+    if epochs is not None and steps is not None:
+        raise ValueError(f"pass epochs or steps, not both (got epochs={epochs!r}, steps={steps!r}): e.g. steps=200")
+    if steps is not None:
+        steps = check_int("steps", steps, 1, "steps=200 (optimiser steps), or epochs=10 instead")
+    elif epochs is None:
+        epochs = 10
+    if (any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (1 if epochs is None else epochs, batch_size))
             or not isinstance(lr, Real) or not lr > 0):
         raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0; got {epochs}, {batch_size}, {lr}")
     check_number("lr", lr, positive=True, example="lr=1e-3")
@@ -174,9 +218,11 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 1
     check_seed(seed)
     if eval_every is not None:
         check_int("eval_every", eval_every, 1, "eval_every=10 (steps), or None for once per epoch")
+    check_int("eval_batch_size", eval_batch_size, 1, "eval_batch_size=64")
     params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad (did you freeze everything?)")
+    groups = _lr_groups(model, params, lr, lr_for)
     n_classes = _output_width(model, X)
     check_labels("y", y, len(X), n_classes)
     if eval_data is not None:
@@ -189,9 +235,10 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 1
                              "pass test data with the training data's features")
         check_labels("y_test", eval_data[1], len(eval_data[0]), n_classes)
 
-    opt = OPTIMIZERS[optimizer](params, lr=lr, weight_decay=weight_decay)
+    opt = OPTIMIZERS[optimizer](groups, lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = -(-len(X) // batch_size)
+    total = steps if steps is not None else epochs * steps_per_epoch
     eval_every = eval_every or steps_per_epoch
     history: dict[str, list] = {"step": [], "epoch": [], "loss": [], "seconds": []}
     if eval_data is not None:
@@ -202,32 +249,34 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 1
     stats = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for b in m.buffers()]
     saved = [(t, t.detach().clone()) for t in params + stats]
     grads = [(p, None if p.grad is None else p.grad.clone()) for p in params]
-    bar = progress_bar(epochs * steps_per_epoch, desc, progress)
+    bar = progress_bar(total, desc, progress)
     try:
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # dropout draws: deterministic per seed, the caller's state is restored
             model.train()
-            for epoch in range(epochs):
+            while step < total:
                 order = torch.randperm(len(X), generator=gen)
                 for i in range(0, len(X), batch_size):
+                    if step == total:
+                        break
                     t0 = time.perf_counter()
                     idx = order[i:i + batch_size]
                     loss = training_step(model, opt, X[idx], y[idx]).item()
                     seconds += time.perf_counter() - t0
                     if not math.isfinite(loss):
-                        raise TrainingDiverged(f"the loss became {loss} at step {step + 1} (lr={lr}): training diverged; "
-                                         "the model was restored — lower lr")
+                        raise TrainingDiverged(f"the loss became {loss} at step {step + 1} (lr={lr}): training "
+                                               "diverged; the model was restored — lower lr")
                     running.append(loss)
                     step += 1
                     bar.update(1)
-                    if step % eval_every == 0 or step == epochs * steps_per_epoch:
+                    if step % eval_every == 0 or step == total:
                         history["step"].append(step)
                         history["epoch"].append(step / steps_per_epoch)
                         history["loss"].append(sum(running) / len(running))
                         history["seconds"].append(seconds)
                         running = []
                         if eval_data is not None:
-                            history["test_acc"].append(evaluate(model, *eval_data))
+                            history["test_acc"].append(evaluate(model, *eval_data, batch_size=eval_batch_size))
                             bar.set_postfix(test_acc=f"{history['test_acc'][-1]:.3f}")
     except BaseException:
         with torch.no_grad():
@@ -241,6 +290,50 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 1
         bar.close()
     model.eval()
     return history
+
+
+def fit_linear_probe(E: torch.Tensor, y: torch.Tensor, n_classes: int | None = None, *, l2: float = 1e-3,
+                     max_iter: int = 500) -> nn.Linear:
+    """A linear probe on frozen features: multinomial logistic regression fitted full-batch, to its optimum.
+
+    E: (N, k) float features (e.g. sentence embeddings), y: (N,) int64 in 0..n_classes-1 (n_classes defaults
+    to y.max() + 1). The features are standardised (train mean and std per column), then
+    mean cross-entropy + (l2 / 2)·‖W‖²_F (bias not penalised) is minimised by L-BFGS (strong-Wolfe line
+    search, up to `max_iter` iterations) from zero weights, in float64. The objective is strictly convex for
+    l2 > 0, so the result depends on no seed and on the CPU only through rounding.
+    Returns nn.Linear(k, n_classes) in float32 acting on the *raw* features (standardisation folded into the
+    weights: W/σ and b − W·μ/σ), in eval mode, with requires_grad off.
+    """
+    check_features("E", E)
+    if E.dim() != 2:
+        raise ValueError(f"E must be a (N, k) matrix of features, got shape {tuple(E.shape)}: flatten or pool first")
+    check_labels("y", y, len(E))
+    n_classes = int(y.max()) + 1 if n_classes is None else check_int("n_classes", n_classes, 2, "n_classes=6")
+    check_labels("y", y, len(E), n_classes)
+    l2 = check_number("l2", l2, minimum=0, example="l2=1e-3")
+    max_iter = check_int("max_iter", max_iter, 1, "max_iter=500")
+    X = E.detach().double()
+    mu, sigma = X.mean(0), X.std(0).clamp_min(1e-12)
+    Z = (X - mu) / sigma
+    W = torch.zeros(n_classes, X.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, history_size=20, tolerance_grad=1e-9,
+                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(Z @ W.T + b, y) + 0.5 * l2 * (W * W).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.random.fork_rng():  # nn.Linear draws an init we overwrite: leave the caller's generator alone
+        probe = nn.Linear(X.shape[1], n_classes)
+    with torch.no_grad():
+        Ws = W / sigma
+        probe.weight.copy_(Ws)
+        probe.bias.copy_(b - Ws @ mu)
+    return probe.requires_grad_(False).eval()
 
 
 class LRChoice(NamedTuple):

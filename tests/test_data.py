@@ -71,6 +71,23 @@ def test_make_moons_is_seeded_balanced_and_rotates():
     assert torch.allclose(Xr, torch.stack([-X[:, 1], X[:, 0]], 1), atol=1e-6)
 
 
+def test_minilm_sweep_loads_and_a_broken_file_names_the_fix(tmp_path):
+    from helpers.data import load_sweep_results
+    results = load_sweep_results("minilm")
+    config, runs = results["config"], results["runs"]
+    assert config["batch_size"] == 16 and len(runs) > 0
+    assert {"stage", "method", "weights", "size", "seed", "lr"} <= set(runs.columns)
+    with pytest.raises(ValueError, match=says("minilm_results.json is missing", "git checkout -- sweeps/minilm_results.json",
+                                              "make sweep-05")):
+        load_sweep_results("minilm", tmp_path / "minilm_results.json")
+    (tmp_path / "minilm_results.json").write_text('{"config": {}, "runs": [')
+    with pytest.raises(ValueError, match=says("minilm_results.json is corrupted", "make sweep-05")):
+        load_sweep_results("minilm", tmp_path / "minilm_results.json")
+    (tmp_path / "minilm_results.json").write_text('{"config": {}, "runs": [{"key": "a", "stage": "lr"}]}')
+    with pytest.raises(ValueError, match=says("columns ['lr', 'method', 'seed', 'size', 'weights'] missing")):
+        load_sweep_results("minilm", tmp_path / "minilm_results.json")
+
+
 def test_split_off_validation_partitions_the_rows_and_leaves_the_global_rng_alone():
     X, y = make_moons(50, seed=0)
     state = torch.random.get_rng_state()

@@ -245,3 +245,66 @@ def test_said_rescaled_head_moves_like_a_unit_column(said):
     other = (p["encoder.encoder.layer.0.attention.self.query.weight"]
              - said.model.get_parameter("encoder.encoder.layer.0.attention.self.query.weight"))
     assert 0.08 < other.norm().item() < 0.16  # unscaled: √(147,456 / D) ≈ 0.12
+
+
+# --- notebook 05's additions: SAID blocks, LoRA + head gradients, length-sorted evaluation -----
+
+def test_said_block_makes_eight_blocks_and_refuses_other_names(classifier, minilm, trec):
+    names = [n for n, _ in classifier.named_parameters() if not n.startswith(T.SAID_EXCLUDE)]
+    blocks = list(dict.fromkeys(T.said_block(n) for n in names))
+    assert blocks == ["embeddings"] + [f"layer {i}" for i in range(6)] + ["head"]
+    assert T.said_block("encoder.embeddings.LayerNorm.weight") == "embeddings"
+    with pytest.raises(ValueError, match=says("'encoder.pooler.dense.weight' is not a parameter", "exclude=SAID_EXCLUDE")):
+        T.said_block("encoder.pooler.dense.weight")
+    said = SubspaceModel(classifier, 1000, "fastfood", seed=0, exclude=T.SAID_EXCLUDE, rescale=("head",), said=True,
+                         groups=T.said_block, compact=True)
+    assert said.blocks == blocks and said.d == 1000 and said.theta_d.shape == (992,) and said.lambdas.shape == (8,)
+    X, y = minilm[1].features(trec[0][:8]), trec[1][:8]
+    with torch.no_grad():
+        assert torch.equal(said(X), classifier(X))  # θ^(d) = 0, λ = 1: the plain model, bit for bit
+    said.train()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        training_step(said, torch.optim.Adam(said.parameters(), lr=1e-2), X, y)
+    assert {n for n, p in said.named_parameters() if p.grad is not None} == {"theta_d", "lambdas"}
+    assert all(p.grad is None for p in classifier.parameters())
+
+
+def test_lora_with_a_directly_trained_head_gets_gradients_there_only(minilm, trec):
+    import copy
+
+    from helpers.lora import add_lora
+    clf = T.SentenceClassifier(copy.deepcopy(minilm[0]), 6, seed=0)
+    add_lora(clf, ["query", "value"], r=2, alpha=4)
+    clf.head.requires_grad_(True)
+    trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
+    assert len(trainable) == 6 * 2 * 2 + 2 and all("lora_" in n or n.startswith("head.") for n in trainable)
+    assert sum(p.numel() for p in clf.parameters() if p.requires_grad) == 2 * (384 + 384) * 12 + 2310 == 20_742
+    X, y = minilm[1].features(trec[0][:8]), trec[1][:8]
+    params = [p for p in clf.parameters() if p.requires_grad]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        training_step(clf.train(), torch.optim.SGD(params, lr=0.1), X, y)
+    assert {n for n, p in clf.named_parameters() if p.grad is not None} == trainable
+
+
+def test_sort_by_length_orders_rows_and_keeps_labels(minilm, trec):
+    tok = minilm[1]
+    X, y = tok.features(trec[0][:40]), trec[1][:40]
+    Xs, ys = T.sort_by_length(X, y)
+    lengths = Xs[:, 1].sum(1)
+    assert (lengths[1:] >= lengths[:-1]).all()
+    rows = {tuple(r.flatten().tolist()): int(c) for r, c in zip(X, y)}
+    assert all(rows[tuple(r.flatten().tolist())] == int(c) for r, c in zip(Xs, ys))
+    with pytest.raises(ValueError, match=says("X must be the (N, 2, L) tensor of tokenizer.features", "(40, 32)")):
+        T.sort_by_length(X[:, 0], y)
+    with pytest.raises(ValueError, match=says("y must be a tensor of shape (40,)", "(39,)")):
+        T.sort_by_length(X, y[:39])
+
+
+def test_embed_keeps_the_order_of_the_texts(minilm, trec):
+    model, tok = minilm
+    texts = trec[0][:20]
+    together = T.embed(model, tok, texts, batch_size=8)
+    alone = torch.cat([T.embed(model, tok, [t]) for t in texts])
+    assert torch.allclose(together, alone, atol=1e-5, rtol=0)

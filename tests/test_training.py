@@ -122,6 +122,109 @@ def test_notebook_detection(shell, expected):
         assert training._in_notebook() is expected
 
 
+# --- steps, per-parameter learning rates, the linear probe -----------------------------------
+
+def test_steps_runs_exactly_that_many_steps_across_epochs():
+    X, y = _task()  # 24 rows, batch 5: 5 steps per epoch
+    history = training.train(mlp(SIZES), X, y, steps=12, batch_size=5, eval_every=4, eval_data=(X, y), progress=False)
+    assert history["step"] == [4, 8, 12] and history["epoch"] == [0.8, 1.6, 2.4]
+    assert len(history["test_acc"]) == 3
+
+
+def test_the_first_k_steps_of_a_longer_run_are_a_k_step_run():
+    X, y = _task()
+    short, long = mlp(SIZES, seed=1), mlp(SIZES, seed=1)
+    h_short = training.train(short, X, y, steps=7, batch_size=5, eval_every=1, seed=3, progress=False)
+    h_long = training.train(long, X, y, steps=12, batch_size=5, eval_every=1, seed=3, progress=False)
+    assert h_long["loss"][:7] == h_short["loss"]  # constant lr, same batches: the same trajectory
+
+
+def test_steps_matches_the_same_number_of_epochs():
+    X, y = _task()
+    a, b = mlp(SIZES, seed=1), mlp(SIZES, seed=1)
+    ha = training.train(a, X, y, epochs=2, batch_size=5, seed=2, progress=False)
+    hb = training.train(b, X, y, steps=10, batch_size=5, eval_every=5, seed=2, progress=False)
+    assert ha["loss"] == hb["loss"] and all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_lr_for_gives_a_parameter_group_its_own_learning_rate():
+    X, y = _task()
+    model = mlp(SIZES, seed=1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    probe = mlp(SIZES, seed=1)  # the first batch's gradient, by hand: train's batch order from its seed
+    first = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))[:5]
+    nn.functional.cross_entropy(probe(X[first]), y[first]).backward()
+    grads = {n: p.grad for n, p in probe.named_parameters()}
+    training.train(model, X, y, steps=1, batch_size=5, optimizer="sgd", lr=0.1, lr_for={"head": 0.5}, seed=0,
+                   progress=False)
+    for n, p in model.named_parameters():
+        lr = 0.5 if n.startswith("head.") else 0.1
+        assert torch.allclose(before[n] - p.detach(), lr * grads[n], atol=1e-6), n
+
+
+@pytest.mark.parametrize("kwargs, fragments", [
+    (dict(steps=3, epochs=2), ("pass epochs or steps, not both",)),
+    (dict(steps=0), ("steps must be >= 1, got 0",)),
+    (dict(steps=2.0), ("steps must be an integer, got 2.0",)),
+    (dict(steps=2, lr_for={"body": 1e-2}), ("lr_for entry 'body' matches no trained parameter", "start with fc1, head")),
+    (dict(steps=2, lr_for={"head": 0.0}), ("lr_for['head'] must be > 0, got 0.0",)),
+    (dict(steps=2, lr_for={"head": 1e-2, "head.weight": 1e-3}), ("also selected by another lr_for entry",)),
+    (dict(steps=2, lr_for=[("head", 1e-2)]), ("lr_for must be a non-empty dict",)),
+    (dict(steps=2, eval_batch_size=0), ("eval_batch_size must be >= 1, got 0",)),
+], ids=["both", "zero-steps", "float-steps", "unknown-prefix", "zero-lr", "overlap", "not-a-dict", "eval-batch"])
+def test_steps_and_lr_for_refuse_bad_values_and_change_nothing(kwargs, fragments):
+    model, (X, y) = mlp(SIZES), _task()
+    with unchanged(models=[model], tensors=[X, y]), pytest.raises(ValueError, match=says(*fragments)):
+        training.train(model, X, y, progress=False, **kwargs)
+
+
+def _blobs(n=300, k=5, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = 3 * torch.randn(classes, k, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    scale = torch.logspace(-2, 2, k)  # columns on very different scales: standardisation must cope
+    return (centres[y] + torch.randn(n, k, generator=g)) * scale + 5, y
+
+
+def test_linear_probe_reaches_the_optimum_and_acts_on_raw_features():
+    E, y = _blobs()
+    probe = training.fit_linear_probe(E, y, l2=1e-2)
+    assert isinstance(probe, nn.Linear) and probe.weight.shape == (3, 5) and not probe.weight.requires_grad
+    assert training.evaluate(probe, E, y) > 0.9
+    # at the optimum the objective's gradient (in the standardised coordinates it is defined in) vanishes
+    X = E.double()
+    mu, sigma = X.mean(0), X.std(0)
+    W = (probe.weight.double() * sigma).requires_grad_(True)
+    b = (probe.bias.double() + probe.weight.double() @ mu).requires_grad_(True)
+    loss = nn.functional.cross_entropy(((X - mu) / sigma) @ W.T + b, y) + 0.5 * 1e-2 * (W * W).sum()
+    loss.backward()
+    assert W.grad.abs().max() < 1e-5 and b.grad.abs().max() < 1e-5
+
+
+def test_linear_probe_is_deterministic_and_scale_free():
+    E, y = _blobs()
+    a, b = training.fit_linear_probe(E, y), training.fit_linear_probe(E, y)
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    c = training.fit_linear_probe(E * 1000, y)  # standardised first: the same decision function
+    assert torch.equal(a(E).argmax(1), c(E * 1000).argmax(1))
+    before = torch.get_rng_state()
+    training.fit_linear_probe(E, y)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("kwargs, fragments", [
+    (dict(E=torch.rand(4, 2, 3)), ("E must be a (N, k) matrix", "(4, 2, 3)")),
+    (dict(y=torch.tensor([0, 1, 2])), ("the features have 4 rows but y has 3 labels",)),
+    (dict(y=torch.tensor([0, 1, 2, 3]), n_classes=3), ("go up to 3 but the model outputs 3 classes",)),
+    (dict(l2=-1.0), ("l2 must be >= 0",)),
+    (dict(max_iter=0), ("max_iter must be >= 1",)),
+], ids=["3-d", "labels", "classes", "l2", "max-iter"])
+def test_linear_probe_refuses_bad_inputs(kwargs, fragments):
+    args = {"E": torch.rand(4, 3), "y": torch.tensor([0, 1, 0, 1]), **kwargs}
+    with pytest.raises(ValueError, match=says(*fragments)):
+        training.fit_linear_probe(args.pop("E"), args.pop("y"), **args)
+
+
 def test_choose_lr_picks_the_best_on_validation_and_returns_its_model():
     X, y = _task(40)
     fit, val = (X[:30], y[:30]), (X[30:], y[30:])
