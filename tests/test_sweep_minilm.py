@@ -69,3 +69,12 @@ def test_results_file_refuses_another_configuration_but_lets_lr_grids_grow(sweep
         sweep.read(path)
     assert not list(tmp_path.glob("*.tmp"))  # written atomically: no temporary file left behind
     assert json.loads(path.read_text())["config"]["steps"] == sweep.STEPS + 1
+
+
+def test_committed_results_are_complete_and_match_the_script(sweep):
+    path = ROOT / "sweeps" / "minilm_results.json"
+    stored = sweep.read(path)  # raises SystemExit if the script's settings changed since the file was made
+    done = {p["key"] for p in stored["runs"]}
+    assert len(done) == len(stored["runs"]), "duplicate run keys"
+    missing = [sweep.key(p) for p in sweep.plan(stored["runs"]) if sweep.key(p) not in done]
+    assert not missing, f"{len(missing)} planned runs missing, e.g. {missing[:3]}: run make sweep-05"
