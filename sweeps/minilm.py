@@ -41,17 +41,20 @@ N_VAL, VAL_SEED = 500, 0
 HEAD_LR = 1e-2  # full fine-tuning: the fresh head's own lr (the encoder's is swept)
 LAMBDA_LR = 1e-2  # SAID: the λs' own lr (θ^(d)'s is swept)
 LORA_TARGETS = ("query", "value")  # Hu et al.'s choice for their GLUE runs: W_q and W_v in every layer
-LORA_ALPHA_PER_R = 2  # alpha = 2r: scaling α/r = 2 at every rank (as in notebook 04), so one lr serves all r
+LORA_ALPHA = 8  # alpha = 8 at every rank (scale α/r = 8/r), the series' convention (notebooks 01, 02, 04) and Hu et al.'s:
+# α is set once and not tuned, so the lr chosen at r = 8 serves every rank. The ablation "lora2r" (pre-trained only)
+# is the same LoRA with α = 2r (scale fixed at 2, a common transformer recipe), with its own lr chosen at r = 8.
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1)
 LR_GRID = {
     # a grid whose best value was at its edge got one more value (head/random 0.1, said 0.3 and 0.1)
     ("head", "pre-trained"): (3e-3, 1e-2, 3e-2), ("head", "random"): (3e-3, 1e-2, 3e-2, 1e-1),
     ("lora", "pre-trained"): (1e-3, 3e-3, 1e-2), ("lora", "random"): (1e-3, 3e-3, 1e-2),
+    ("lora2r", "pre-trained"): (1e-3, 3e-3, 1e-2),
     ("full", "pre-trained"): (3e-5, 1e-4, 3e-4), ("full", "random"): (1e-4, 3e-4, 1e-3),
     ("said", "pre-trained"): (1e-2, 3e-2, 1e-1, 3e-1), ("said", "random"): (3e-3, 1e-2, 3e-2, 1e-1),
 }
-LR_SIZE = {"lora": 8, "said": 1000}
-SEEDS = (0, 1)
+LR_SIZE = {"lora": 8, "lora2r": 8, "said": 1000}
+SEEDS = (0, 1, 2)  # three seeds: each draws the head, LoRA's A, P, the batch order, dropout (and random weights)
 LORA_RANKS = {"pre-trained": (1, 2, 4, 8, 16), "random": (1, 16)}
 LORA_EXTRA_RANKS_RANDOM = (4,)  # run last, if the sweep gets that far
 LORA_R1_BUDGET = 1 * 2 * 384 * 2 * 6 + 384 * 6 + 6  # 11,526: LoRA r=1 on W_q, W_v of 6 layers + the head
@@ -63,7 +66,7 @@ LR_FROM = {"fastfood": "said"}  # plain Fastfood takes SAID's lr
 def config() -> dict:
     return {"steps": STEPS, "lr_steps": LR_STEPS, "batch_size": BATCH, "eval_every": EVAL_EVERY, "n_val": N_VAL,
             "val_seed": VAL_SEED, "head_lr": HEAD_LR, "lambda_lr": LAMBDA_LR, "lora_targets": list(LORA_TARGETS),
-            "lora_alpha": "2r", "probe_l2": list(PROBE_L2), "max_len": 32, "optimizer": "adam (constant lr)",
+            "lora_alpha": LORA_ALPHA, "probe_l2": list(PROBE_L2), "max_len": 32, "optimizer": "adam (constant lr)",
             "lr_grid": {f"{m}/{w}": list(v) for (m, w), v in LR_GRID.items()}, "lr_size": LR_SIZE,
             "said": "fastfood, compact, exclude word embeddings + pooler, head rows rescaled, one λ per block (8)"}
 
@@ -96,7 +99,7 @@ def plan(points: list[dict]) -> list[dict]:
     for methods in (cheap, said):
         for m in methods:
             for w in ("pre-trained", "random"):
-                for lr in LR_GRID[m, w]:
+                for lr in LR_GRID.get((m, w), ()):
                     out.append(dict(stage="lr", method=m, weights=w, size=LR_SIZE.get(m, 0), seed=0, lr=lr))
         if methods is cheap:
             out.append(dict(stage="grid", method="probe", weights="pre-trained", size=0, seed=0, lr=None))
@@ -114,6 +117,10 @@ def plan(points: list[dict]) -> list[dict]:
             + direct("random", LORA_RANKS["random"]) + subspace("said", SAID_DIMS["random"], "random")
             + subspace("fastfood", FASTFOOD_DIMS["pre-trained"], "pre-trained")
             + [dict(method="lora", weights="random", size=r, seed=s) for r in LORA_EXTRA_RANKS_RANDOM for s in SEEDS])
+    # the α = 2r ablation last: its lr stage, then every pre-trained rank
+    out += [dict(stage="lr", method="lora2r", weights="pre-trained", size=LR_SIZE["lora2r"], seed=0, lr=lr)
+            for lr in LR_GRID["lora2r", "pre-trained"]]
+    grid += [dict(method="lora2r", weights="pre-trained", size=r, seed=s) for r in LORA_RANKS["pre-trained"] for s in SEEDS]
     for g in grid:
         g.update(stage="grid", lr=lrs.get((LR_FROM.get(g["method"], g["method"]), g["weights"])))
     return out + grid
@@ -157,8 +164,8 @@ def build(p: dict, encoder):
         return clf, None, sum(q.numel() for q in clf.head.parameters()), None
     if m == "full":
         return clf, {"head": HEAD_LR}, sum(q.numel() for q in clf.parameters()), None
-    if m == "lora":
-        add_lora(clf, list(LORA_TARGETS), r=p["size"], alpha=LORA_ALPHA_PER_R * p["size"])
+    if m in ("lora", "lora2r"):
+        add_lora(clf, list(LORA_TARGETS), r=p["size"], alpha=LORA_ALPHA if m == "lora" else 2 * p["size"])
         clf.head.requires_grad_(True)  # add_lora froze it: the fresh head trains directly, counted in the budget
         return clf, None, sum(q.numel() for q in clf.parameters() if q.requires_grad), None
     said = m == "said"
