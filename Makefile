@@ -99,7 +99,7 @@ sweep-03: $(STAMP) ## notebook 03's stored sweep (lr choice, widths/depths, shuf
 sweep-04: $(STAMP) ## notebook 04's stored sweep (matched budgets from a random and a pre-trained start, ID after pre-training) into sweeps/lora_vs_subspace_results.json: one thread, resumable (about 30 minutes)
 	$(PY) sweeps/lora_vs_subspace.py
 
-sweep-05: $(STAMP) ## notebook 05's full sweep (LoRA, SAID, full FT, probe; pre-trained and random) into sweeps/minilm_results.json: two one-thread workers, resumable (measured: 2 h 20 min here, on 2 cores shared with other jobs)
+sweep-05: $(STAMP) ## notebook 05's full sweep (LoRA, SAID, full FT, probe; pre-trained and random) into sweeps/minilm_results.json: two one-thread workers, resumable (109 runs; measured in parts: 2 h 20 min for 70 on shared cores, 42 min for 39 on quiet ones)
 	$(PY) sweeps/minilm.py --workers 2
 
 clean: ## remove .venv, caches and saved adapters (notebooks and data stay)

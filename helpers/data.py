@@ -259,7 +259,7 @@ def make_moons(n: int = 1000, noise: float = 0.1, seed: int = 0, rotation: float
 # name -> (notebook, the command that rebuilds it, its runtime on 2 cores, the columns every run must have)
 SWEEP_RESULTS = {"intrinsic_mlp": ("03", "make sweep-03", "about 20 minutes", {"key"}),
                  "lora_vs_subspace": ("04", "make sweep-04", "about 30 minutes", {"key"}),
-                 "minilm": ("05", "make sweep-05", "2 h 20 min measured, shared with other jobs",
+                 "minilm": ("05", "make sweep-05", "2-3 hours",
                             {"key", "stage", "method", "weights", "size", "seed", "lr"})}
 
 
