@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +44,7 @@ from helpers.intrinsic import subspace_lr  # noqa: E402
 from helpers.models import mlp  # noqa: E402
 from helpers.subspace import SubspaceModel  # noqa: E402
 from helpers.training import evaluate, train  # noqa: E402
+from sweeps._results import write_json  # noqa: E402
 
 RESULTS = ROOT / "sweeps" / "intrinsic_mlp_results.json"
 EPOCHS, BASE_EPOCHS, BATCH, SEEDS = 10, 20, 128, (0, 1, 2)
@@ -203,11 +202,7 @@ def save(done: dict) -> None:
     lr_done = all(key(r) in done for r in plan_lr()) and not [r for r in plan_extensions(done) if key(r) not in done]
     payload = {"config": config(), "chosen_lr": chosen(done) if lr_done else None,
                "runs": sorted(done.values(), key=lambda r: r["key"])}
-    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=None, separators=(",", ":"))
-        f.write("\n")
-    os.replace(tmp, RESULTS)
+    write_json(RESULTS, payload)
 
 
 def main() -> None:

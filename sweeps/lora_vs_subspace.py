@@ -30,10 +30,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +45,7 @@ from helpers.lora import add_lora  # noqa: E402
 from helpers.models import mlp, with_new_head  # noqa: E402
 from helpers.subspace import SubspaceModel  # noqa: E402
 from helpers.training import evaluate, train  # noqa: E402
+from sweeps._results import write_json  # noqa: E402
 
 RESULTS = ROOT / "sweeps" / "lora_vs_subspace_results.json"
 EPOCHS, BATCH, ALPHA, SEEDS = 10, 128, 8, (0, 1, 2)
@@ -233,11 +232,7 @@ def config() -> dict:
 
 def save(done: dict, meta: dict) -> None:
     payload = {"config": config(), "pretrained": meta, "runs": sorted(done.values(), key=lambda r: r["key"])}
-    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=None, separators=(",", ":"))
-        f.write("\n")
-    os.replace(tmp, RESULTS)
+    write_json(RESULTS, payload)
 
 
 def main() -> None:

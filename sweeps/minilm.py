@@ -25,7 +25,6 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from sweeps._results import write_json as _write_json  # noqa: E402
 
 RESULTS = ROOT / "sweeps" / "minilm_results.json"
 STEPS, LR_STEPS, BATCH, EVAL_EVERY, EVAL_BATCH = 200, 100, 16, 50, 64
@@ -252,12 +253,7 @@ def read(path: Path) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes the file private; the results are an ordinary, readable file
-    os.replace(tmp, path)
+    _write_json(path, data, indent=1)
 
 
 def alive(pid: int) -> bool:
