@@ -4,9 +4,10 @@
   returns a tidy table (θ^(d)'s lr fixed, or scaled as 1/√d by `subspace_lr`); `baseline` does the same for
   direct training.
 - `dint90` reads the intrinsic dimension off such a table: the d at which the mean test accuracy reaches
-  90% of the baseline ("relative", the paper's stated rule) or 0.90 accuracy ("absolute", what the paper's
-  own plotting code used for MNIST's 750), on the grid or interpolated between grid points, with each
-  seed's own estimate and a bootstrap over seeds.
+  90% of the baseline ("relative", the paper's stated rule), 0.90 accuracy ("absolute", what the paper's
+  own plotting code used for MNIST's 750) or 90% of the way from a reference accuracy to the baseline ("gap":
+  from chance, or from what a trivial baseline such as the head alone already reaches), on the grid or
+  interpolated between grid points, with each seed's own estimate and a bootstrap over seeds.
 - The toy problem of the paper's §2: θ ∈ R^1000, ten blocks of 100 whose sums must be 1, 2, ..., 10;
   its solutions form a 990-dimensional plane, so its intrinsic dimension is exactly 10.
 """
@@ -26,7 +27,7 @@ from helpers.models import mlp
 from helpers.subspace import PROJECTIONS, SubspaceModel
 from helpers.training import evaluate, progress_bar, train
 
-RULES = ("relative", "absolute")
+RULES = ("relative", "absolute", "gap")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,11 +141,15 @@ def _crossing(ds: np.ndarray, acc: np.ndarray, threshold: float, interpolate: bo
 
 def dint90(table: pd.DataFrame, baseline: float | Sequence[float], rule: str = "relative", *,
            n_boot: int = 1000, seed: int = 0, metric: str = "test_acc", interpolate: bool = False,
-           level: float = 0.90) -> dict:
+           level: float = 0.90, reference: float | Sequence[float] | None = None) -> dict:
     """Intrinsic dimension d_int90 from a `sweep` table (one projection), with a bootstrap over seeds.
 
     rule="relative": threshold = 0.90 × baseline accuracy (the paper's stated definition);
-    rule="absolute": threshold = 0.90 accuracy (the paper's plotting code, which gave MNIST's 750).
+    rule="absolute": threshold = 0.90 accuracy (the paper's plotting code, which gave MNIST's 750);
+    rule="gap": threshold = reference + 0.90 × (baseline − reference), `reference` being an accuracy that
+    should not count as learning the task (chance, or the head alone / a linear probe), a number or one value
+    per seed (resampled with the seeds, like the baseline). With reference=0 it is the relative rule.
+    `level` replaces 0.90 in all three.
     `baseline` is the direct-training accuracy, a number or one value per seed (then it is
     resampled too). The estimate is the smallest tested d whose mean `metric` over seeds reaches
     the threshold (inf if no tested d does); with interpolate=True, the log-linear crossing between
@@ -158,8 +163,12 @@ def dint90(table: pd.DataFrame, baseline: float | Sequence[float], rule: str = "
     a seed never reaches it), per_seed_mean and per_seed_std (their mean and sample std; inf / nan when a
     seed never reaches, std nan for one seed): the spread over seeds of the estimate itself.
     """
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}: choose 'relative' (90% of baseline) or 'absolute' (0.90 accuracy)")
+    if not isinstance(rule, str) or rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}: choose 'relative' (90% of baseline), 'absolute' (0.90 accuracy) "
+                         "or 'gap' (90% of the way from reference= to the baseline)")
+    if (rule == "gap") != (reference is not None):
+        raise ValueError(f"rule={rule!r} with reference={reference!r}: the 'gap' rule needs reference= (e.g. chance, "
+                         "0.1 for ten classes, or the head-only accuracy), and the other rules take none")
     if not 0 < level <= 1:
         raise ValueError(f"level must be a fraction in (0, 1], got {level!r}: pass 0.90, not 90")
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
@@ -174,6 +183,13 @@ def dint90(table: pd.DataFrame, baseline: float | Sequence[float], rule: str = "
     base = np.atleast_1d(np.asarray(baseline, dtype=float))
     if base.size == 0 or not np.all((base > 0) & (base <= 1)):
         raise ValueError(f"baseline must be accuracies in (0, 1], got {baseline!r}: pass e.g. 0.934")
+    ref = np.zeros(1) if reference is None else np.atleast_1d(np.asarray(reference, dtype=float))
+    if ref.size == 0 or not np.all((ref >= 0) & (ref < 1)):
+        raise ValueError(f"reference must be accuracies in [0, 1), got {reference!r}: pass e.g. 0.1 (chance for ten "
+                         "classes) or the head-only accuracy")
+    if rule == "gap" and ref.mean() >= base.mean():
+        raise ValueError(f"reference {ref.mean():.3f} is not below the baseline {base.mean():.3f}: there is no gap "
+                         "to close; pass a reference the baseline beats")
     if table.duplicated(["seed", "d"]).any():
         dup = table[table.duplicated(["seed", "d"], keep=False)][["seed", "d"]].drop_duplicates().values.tolist()
         raise ValueError(f"table has several rows for (seed, d) = {dup[:3]}: they would be averaged silently; "
@@ -187,20 +203,21 @@ def dint90(table: pd.DataFrame, baseline: float | Sequence[float], rule: str = "
         raise ValueError("every d needs a result for every seed: rerun sweep() with the same seeds for all d")
     ds, grid = acc.columns.to_numpy(dtype=float), acc.to_numpy()
 
-    def threshold(b):
-        return level * b if rule == "relative" else level
+    def threshold(b, r):
+        return level if rule == "absolute" else r + level * (b - r)
 
-    estimate = _crossing(ds, grid.mean(0), threshold(base.mean()), interpolate)
+    estimate = _crossing(ds, grid.mean(0), threshold(base.mean(), ref.mean()), interpolate)
     rng = np.random.default_rng(seed)
     boot = np.empty(n_boot)
     for i in range(n_boot):
         rows = rng.integers(0, len(grid), len(grid))
         b = base[rng.integers(0, len(base), len(base))].mean()
-        boot[i] = _crossing(ds, grid[rows].mean(0), threshold(b), interpolate)
+        r = ref[rng.integers(0, len(ref), len(ref))].mean() if ref.size > 1 else ref.mean()
+        boot[i] = _crossing(ds, grid[rows].mean(0), threshold(b, r), interpolate)
     finite = boot[np.isfinite(boot)]
-    per_seed = [_crossing(ds, row, threshold(base.mean()), interpolate) for row in grid]
+    per_seed = [_crossing(ds, row, threshold(base.mean(), ref.mean()), interpolate) for row in grid]
     reached_all = all(math.isfinite(v) for v in per_seed)
-    return {"rule": rule, "threshold": float(threshold(base.mean())), "d_int90": estimate,
+    return {"rule": rule, "threshold": float(threshold(base.mean(), ref.mean())), "d_int90": estimate,
             "boot_median": float(np.quantile(boot, 0.5, method="lower")),
             "boot_low": float(np.quantile(boot, 0.05, method="lower")),
             "boot_high": float(np.quantile(boot, 0.95, method="higher")),

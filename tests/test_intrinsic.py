@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -65,6 +66,26 @@ def test_dint90_not_reached_is_inf_and_interpolation_lands_between():
     assert math.isinf(never["d_int90"]) and never["reached"] == 0
     interp = dint90(SYNTH, 0.93, "relative", interpolate=True)["d_int90"]
     assert 300 < interp < 1000
+
+
+def test_dint90_gap_rule_measures_from_a_reference():
+    gap = dint90(SYNTH, 0.93, "gap", reference=0.5)
+    assert gap["threshold"] == pytest.approx(0.887) and gap["d_int90"] == 3000  # 1000 averages 0.880
+    # reference 0 is the relative rule, to the last digit and bootstrap sample
+    zero, rel = dint90(SYNTH, 0.93, "gap", reference=0.0), dint90(SYNTH, 0.93, "relative")
+    assert zero["threshold"] == rel["threshold"] and np.array_equal(zero["boot_samples"], rel["boot_samples"])
+    # a reference per seed is resampled like the baseline: the estimate uses the mean
+    per = dint90(SYNTH, [0.92, 0.93, 0.94], "gap", reference=[0.4, 0.5, 0.6])
+    assert per["threshold"] == pytest.approx(0.5 + 0.9 * 0.43)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"rule": "gap"}, "needs reference"), ({"rule": "relative", "reference": 0.1}, "take none"),
+    ({"rule": "gap", "reference": 0.95}, "not below the baseline"), ({"rule": "gap", "reference": 1.5}, "in \\[0, 1\\)"),
+    ({"rule": ["gap"]}, "unknown rule")])
+def test_dint90_gap_rule_refuses_bad_references(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dint90(SYNTH, 0.93, **kwargs)
 
 
 def test_dint90_per_seed_baseline_is_resampled():

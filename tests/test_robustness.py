@@ -811,7 +811,7 @@ def table():
 
 
 @pytest.mark.parametrize("transform, baseline, kwargs, fragments", [
-    (None, 0.934, dict(rule="paper"), ("unknown rule 'paper'", "choose 'relative'", "or 'absolute'")),
+    (None, 0.934, dict(rule="paper"), ("unknown rule 'paper'", "choose 'relative'", "'absolute'", "or 'gap'")),
     (None, 93.4, {}, ("baseline must be accuracies in (0, 1], got 93.4", "pass e.g. 0.934")),
     (None, 0.0, {}, ("baseline must be accuracies in (0, 1], got 0.0", "pass e.g. 0.934")),
     (None, float("nan"), {}, ("got nan", "pass e.g. 0.934")),
