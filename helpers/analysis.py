@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
 
-from helpers.checks import check_features, check_int, check_labels
+from helpers.checks import as_int, check_features, check_int, check_labels, check_lora_unmerged, modes_restored
 
 
 def _as_matrix(name: str, M: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,7 @@ def energy_captured(M: torch.Tensor) -> torch.Tensor:
 
 def effective_rank(M: torch.Tensor, energy: float = 0.9) -> int:
     """Smallest k whose top-k singular directions hold `energy` of ‖M‖²_F."""
-    if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0 < energy <= 1:
+    if isinstance(energy, bool) or not isinstance(energy, numbers.Real) or not 0 < energy <= 1:
         raise ValueError(f"energy must be in (0, 1], got {energy}")
     return int((energy_captured(M) < energy - 1e-12).sum().item()) + 1
 
@@ -97,13 +98,13 @@ def training_step_flops(sizes, batch: int, method: str = "full", r: dict | int |
     sizes = list(sizes)
     if len(sizes) < 2:
         raise ValueError(f"sizes needs at least an input and an output width, got {sizes}; e.g. (784, 200, 10)")
-    for i, s in enumerate(sizes):
-        check_int(f"sizes[{i}]", s, 1, "sizes=(784, 200, 10)")
-    check_int("batch", batch, 1, "batch=128")
+    sizes = [check_int(f"sizes[{i}]", s, 1, "sizes=(784, 200, 10)") for i, s in enumerate(sizes)]
+    batch = check_int("batch", batch, 1, "batch=128")
     if r is not None:
         for layer, k in (r.items() if isinstance(r, dict) else [(None, r)]):
             check_int("r" if layer is None else f"r[{layer!r}]", k, 0, "r=8 or {0: 8, 1: 4}")
-    check_int("d", d, 0)
+        r = {as_int(k): check_int("r", v, 0) for k, v in r.items()} if isinstance(r, dict) else check_int("r", r, 0)
+    d = check_int("d", d, 0)
     if isinstance(r, dict) and not set(r) <= set(range(len(sizes) - 1)):
         raise ValueError(f"r has layer indices {sorted(r, key=str)}, but the MLP has layers 0..{len(sizes) - 2}: "
                          "key r by layer index, e.g. {0: 8}")
@@ -145,7 +146,8 @@ def measured_step_flops(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> i
 
     For a `SubspaceModel` this includes the projection's products as implemented (Fastfood's Hadamard
     transforms as small dense matrix products), unlike `training_step_flops`' ideal count. The model's
-    gradients, mode and the global RNG are left as they were (the backward's gradients are discarded).
+    gradients, buffers (batch-norm statistics), every module's mode and the global RNG are left as they were (the
+    backward's gradients are discarded; the forward runs in the model's own modes).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -157,13 +159,18 @@ def measured_step_flops(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> i
     if not params:
         raise ValueError("no parameter of the model requires grad, so a training step has no backward to count: "
                          "unfreeze what you mean to train (e.g. add_lora, or SubspaceModel's θ^(d))")
+    check_lora_unmerged(model, params)
     saved = [(p, p.grad) for p in params]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]  # batch-norm statistics a train-mode forward updates
     try:
         for p in params:
             p.grad = None
-        with torch.random.fork_rng(), FlopCounterMode(display=False) as counter:
+        with modes_restored(model), torch.random.fork_rng(), FlopCounterMode(display=False) as counter:
             nn.functional.cross_entropy(model(X), y).backward()
         return int(counter.get_total_flops())
     finally:
         for p, g in saved:
             p.grad = g
+        with torch.no_grad():
+            for b, copy in buffers:
+                b.copy_(copy)

@@ -2,15 +2,31 @@
 before a helper touches a model, a file or a random generator (so a refused call changes nothing)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import operator
 
 import torch
 
 
+def as_int(value):
+    """An int-like (a numpy integer, a 0-d integer tensor) as a Python int; any other value, bools included,
+    unchanged, for the check that follows to judge."""
+    if isinstance(value, (bool, int)) or (isinstance(value, torch.Tensor) and (
+            value.dim() or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)):
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value
+
+
 def check_int(name: str, value, minimum: int | None = None, example: str = "") -> int:
-    """`value` as an int; refused if it is a bool, a float (even 3.0: no silent truncation) or below `minimum`."""
+    """`value` as an int; refused if it is a bool, a float (even 3.0: no silent truncation) or below `minimum`.
+    numpy integers and 0-d integer tensors are ints (`as_int`)."""
     hint = f"; e.g. {example}" if example else ""
+    value = as_int(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__}): pass a whole "
                          f"number{hint}")
@@ -66,3 +82,50 @@ def check_labels(name: str, y, n_rows: int, n_classes: int | None = None) -> Non
     if n_classes is not None and len(y) and int(y.max()) >= n_classes:
         raise ValueError(f"labels {name} go up to {int(y.max())} but the model outputs {n_classes} classes: "
                          f"remap the labels to 0..{n_classes - 1} or give the model a wider head")
+
+
+def check_choice(name: str, value, options) -> str:
+    """`value`, one of the names in `options` (a str: a list such as ['dense'] is refused, not hashed)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be one name (a str), got {value!r} ({type(value).__name__}): choose one of "
+                         f"{sorted(options)}")
+    if value not in options:
+        raise ValueError(f"unknown {name} {value!r}: choose one of {sorted(options)}")
+    return value
+
+
+def check_lora_unmerged(model, params) -> None:
+    """ValueError if a LoRA layer whose A or B is among the trained `params` is merged: its forward skips the
+    branch, so A and B would get no gradient (and a model with nothing else to train fails inside autograd)."""
+    trained = {id(p) for p in params}
+    merged = []
+    for name, m in model.named_modules():
+        branch = [getattr(m, "lora_A", None), getattr(m, "lora_B", None)]
+        if getattr(m, "merged", False) is True and any(
+                id(p) in trained for b in branch if isinstance(b, torch.nn.Module) for p in b.parameters()):
+            merged.append(name)
+    if merged:
+        raise ValueError(f"LoRA layer(s) {', '.join(merged)} are merged (s·BA folded into W₀, the branch skipped), so "
+                         "their A and B would get no gradient: call helpers.lora.unmerge_lora(model) before training "
+                         "(and merge_lora after), or freeze A and B to train the rest")
+
+
+def save_modes(model) -> list:
+    """Every module's own train/eval flag (a BatchNorm the caller froze inside a training model keeps its own)."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def restore_modes(saved: list) -> None:
+    """Put back the flags `save_modes` took, module by module (not model.train(flag), which sets them all)."""
+    for m, flag in saved:
+        m.training = flag
+
+
+@contextlib.contextmanager
+def modes_restored(model):
+    """Run the block (e.g. in eval mode), then give every module its own train/eval flag back, also on error."""
+    saved = save_modes(model)
+    try:
+        yield
+    finally:
+        restore_modes(saved)

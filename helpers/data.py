@@ -9,8 +9,10 @@ Files are read without pickle (npz with allow_pickle=False, raw idx bytes) and v
 from __future__ import annotations
 
 import gzip
+import zlib
 import hashlib
 import math
+import operator
 import os
 import tempfile
 import urllib.request
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.checks import check_int, check_number, check_seed
+from helpers.checks import as_int, check_choice, check_int, check_number, check_seed
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
@@ -125,9 +127,16 @@ def read_idx(path: str | Path) -> np.ndarray:
 
     Only unsigned bytes (dtype code 0x08) occur in MNIST and only those are accepted.
     """
+    if not isinstance(path, (str, Path)) or not Path(path).is_file():
+        raise ValueError(f"{path!r} is not an idx file (missing, a folder, or not a path): pass the path of an "
+                         "MNIST idx file, e.g. data/mnist/train-labels-idx1-ubyte.gz")
     raw = Path(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:  # a cut-off stream, a bad CRC or garbled data
+            raise ValueError(f"{path} is a truncated or corrupted gzip file ({type(e).__name__}: {e}): delete it and "
+                             "download it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte idx file (bad magic {raw[:4].hex()}): "
                          "re-download it or check that it is an MNIST idx file")
@@ -183,13 +192,20 @@ def _download(name: str, folder: Path) -> None:
 
 def select_classes(X: torch.Tensor, y: torch.Tensor, classes) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep only the rows whose label is in `classes`, relabelled 0..len(classes)-1 in the given order."""
+    if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ValueError(f"X and y must be torch tensors, got {type(X).__name__} and {type(y).__name__}: pass the "
+                         "tensors load_mnist returns")
     if y.dtype != torch.int64:
         raise ValueError(f"labels y must be int64 class indices, got dtype {y.dtype}: pass y.long()")
     if len(X) != len(y):
         raise ValueError(f"X has {len(X)} rows but y has {len(y)} labels: pass matching images and labels")
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
+        raise ValueError(f"classes must be distinct digits 0..9, got {classes!r}: pass a list such as [3, 8]")
     classes = list(classes)
-    if not classes or any(c not in range(10) for c in classes) or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be distinct digits 0..9, got {classes}")
+    digits = [_digit(c) for c in classes]
+    if not classes or None in digits or len(set(digits)) != len(digits):
+        raise ValueError(f"classes must be distinct digits 0..9, got {classes}: pass whole numbers such as [3, 8]")
+    classes = digits
     if y.dim() != 1:
         raise ValueError(f"labels y must have shape (N,), got {tuple(y.shape)}: pass y.view(-1)")
     if len(y) and (int(y.min()) < 0 or int(y.max()) > 9):
@@ -199,6 +215,17 @@ def select_classes(X: torch.Tensor, y: torch.Tensor, classes) -> tuple[torch.Ten
     lookup[torch.tensor(classes)] = torch.arange(len(classes))
     keep = lookup[y] >= 0
     return X[keep], lookup[y[keep]]
+
+
+def _digit(c) -> int | None:
+    """c as a digit 0..9 (an int, a numpy or 0-d integer tensor), or None (1.0 or True is not a digit)."""
+    if isinstance(c, bool) or (isinstance(c, torch.Tensor) and (c.dim() or c.dtype == torch.bool)):
+        return None
+    try:
+        c = operator.index(c)
+    except TypeError:
+        return None
+    return c if 0 <= c <= 9 else None
 
 
 def split_off_validation(X: torch.Tensor, y: torch.Tensor, n_val: int, seed: int = 0
@@ -231,6 +258,7 @@ def make_moons(n: int = 1000, noise: float = 0.1, seed: int = 0, rotation: float
     `rotation` (degrees, counter-clockwise) and `shift` move the task, which makes a related target
     task for fine-tuning: same shape, different place.
     """
+    n = as_int(n)
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"make_moons needs n >= 2 points, got {n!r}: pass a whole number such as n=1000")
     check_number("noise", noise, minimum=0, example="noise=0.1")
@@ -274,24 +302,36 @@ def load_sweep_results(name: str, path: str | Path | None = None) -> dict:
     import json
 
     import pandas as pd
-    if name not in SWEEP_RESULTS:
-        raise ValueError(f"unknown sweep {name!r}: choose one of {sorted(SWEEP_RESULTS)}")
+    check_choice("sweep", name, SWEEP_RESULTS)
     notebook, target, runtime, columns = SWEEP_RESULTS[name]
+    if path is not None and not isinstance(path, (str, Path)):
+        raise ValueError(f"path must be a file path (str or Path), got {type(path).__name__}: pass e.g. "
+                         f"'sweeps/{name}_results.json', or None for the stored file")
     path = Path(path) if path is not None else SWEEPS_DIR / f"{name}_results.json"
     fix = (f"restore it with `git checkout -- sweeps/{name}_results.json` or rebuild it with `{target}` "
            f"({runtime} on 2 cores)")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a sweep results file: pass the JSON file itself, e.g. "
+                         f"{path / f'{name}_results.json'}")
     if not path.is_file():
         raise ValueError(f"{path} is missing: it holds notebook {notebook}'s stored sweep; {fix}")
     try:
         data = json.loads(path.read_text())
-        if not isinstance(data.get("config"), dict) or not isinstance(data.get("runs"), list) or not data["runs"]:
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or \
+                not isinstance(data.get("runs"), list) or not data["runs"]:
             raise ValueError("no config or no runs")
+        bad = [i for i, run in enumerate(data["runs"]) if not isinstance(run, dict) or columns - run.keys()]
+        if bad:
+            run = data["runs"][bad[0]]
+            if not isinstance(run, dict):
+                raise ValueError(f"run {bad[0]} is a {type(run).__name__}, not a dict of settings and scores")
+            raise ValueError(f"columns {sorted(columns - run.keys())} missing in {len(bad)} run(s), e.g. run {bad[0]}")
         runs = pd.DataFrame(data["runs"])
         missing = columns - set(runs.columns)
         if missing:
             raise ValueError(f"columns {sorted(missing)} missing")
         if runs["key"].duplicated().any():
             raise ValueError("runs without a unique key")
-    except (ValueError, TypeError, AttributeError) as e:  # json.JSONDecodeError is a ValueError
+    except (ValueError, TypeError, AttributeError, OSError) as e:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{path} is corrupted or not a sweep results file ({e}); {fix}") from None
     return {**data, "runs": runs}

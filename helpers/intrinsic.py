@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from typing import Callable, Iterable, Sequence
 
@@ -22,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from helpers.checks import check_int, check_number, check_seed
+from helpers.checks import as_int, check_int, check_number, check_seed
 from helpers.models import mlp
 from helpers.subspace import PROJECTIONS, SubspaceModel
 from helpers.training import evaluate, progress_bar, train
@@ -35,7 +36,12 @@ RULES = ("relative", "absolute", "gap")
 # ---------------------------------------------------------------------------------------------
 
 def _as_list(x, name: str) -> list:
-    out = [x] if isinstance(x, (int, str)) else list(x)
+    if isinstance(x, (numbers.Number, str)) or (isinstance(x, torch.Tensor) and x.dim() == 0):
+        return [as_int(x)]
+    try:
+        out = [as_int(v) for v in x]  # numpy integers (ds=np.array([...])) are integers
+    except TypeError:
+        raise ValueError(f"{name} must be a list of values, got {x!r}: e.g. {name}=[0, 1, 2]") from None
     if not out:
         raise ValueError(f"{name} is empty: pass at least one value")
     return out
@@ -72,8 +78,7 @@ def sweep(X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.
     loss, seconds, test_acc per epoch — what the notebook's widget draws).
     """
     ds, seeds, projections = _as_list(ds, "ds"), _as_list(seeds, "seeds"), _as_list(projections, "projections")
-    for s in seeds:
-        check_seed(s)
+    seeds = [check_seed(s) for s in seeds]
     bad = [d for d in ds if isinstance(d, bool) or not isinstance(d, int) or d < 1]
     if bad:
         raise ValueError(f"d must be a positive integer, got {bad[0]!r} in ds={ds}: use d >= 1, e.g. ds=[10, 100, 1000]")
@@ -169,17 +174,38 @@ def dint90(table: pd.DataFrame, baseline: float | Sequence[float], rule: str = "
     if (rule == "gap") != (reference is not None):
         raise ValueError(f"rule={rule!r} with reference={reference!r}: the 'gap' rule needs reference= (e.g. chance, "
                          "0.1 for ten classes, or the head-only accuracy), and the other rules take none")
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"table must be a pandas DataFrame (what sweep() returns), got {type(table).__name__}: "
+                         "wrap a list of run dicts with pd.DataFrame(rows)")
+    level = check_number("level", level, example="level=0.90")
     if not 0 < level <= 1:
         raise ValueError(f"level must be a fraction in (0, 1], got {level!r}: pass 0.90, not 90")
+    seed = check_seed(seed)
+    n_boot = as_int(n_boot)
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
         raise ValueError(f"n_boot={n_boot!r} is not a number of bootstrap samples: use an integer >= 1, e.g. n_boot=1000")
     if len(table) == 0:
         raise ValueError("table has no rows (filtered on a misspelled projection?): pass a table from sweep()")
-    if metric not in table.columns:
+    if not isinstance(metric, str) or metric not in table.columns:
         raise ValueError(f"table has no column {metric!r}: pass a table from sweep() or metric= one of {list(table.columns)}")
+    missing = [c for c in ("d", "seed") if c not in table.columns]
+    if missing:
+        raise ValueError(f"table has no column {', '.join(map(repr, missing))}: dint90 reads d, seed and {metric} per "
+                         "run (a table from sweep()); for runs of one seed add it, e.g. table.assign(seed=0)")
+    for column in ("d", metric):
+        if not pd.api.types.is_numeric_dtype(table[column]) or pd.api.types.is_bool_dtype(table[column]):
+            raise ValueError(f"column {column!r} must hold numbers, got dtype {table[column].dtype} (e.g. "
+                             f"{table[column].iloc[0]!r}; as text '100' sorts before '20'): convert it with "
+                             f"table.assign({column}=pd.to_numeric(table[{column!r}]))")
+    if not (np.isfinite(table["d"].to_numpy(dtype=float)) & (table["d"].to_numpy(dtype=float) > 0)).all():
+        raise ValueError(f"column 'd' must hold subspace sizes >= 1, got values from {table['d'].min()} to "
+                         f"{table['d'].max()}: drop the rows with a missing or non-positive d")
     if "projection" in table.columns and table["projection"].nunique() > 1:
         raise ValueError(f"table mixes projections {sorted(table['projection'].unique())}: "
                          f"pass table[table.projection == 'fastfood'] (one projection at a time)")
+    for name, value in (("baseline", baseline), ("reference", reference)):
+        if isinstance(value, (str, bytes)) or any(isinstance(v, (str, bytes)) for v in np.ravel(np.asarray(value, dtype=object))):
+            raise ValueError(f"{name} must be accuracies (numbers), got {value!r}: pass e.g. 0.934, not '0.934'")
     base = np.atleast_1d(np.asarray(baseline, dtype=float))
     if base.size == 0 or not np.all((base > 0) & (base <= 1)):
         raise ValueError(f"baseline must be accuracies in (0, 1], got {baseline!r}: pass e.g. 0.934")
@@ -241,8 +267,8 @@ class ToyBlockSums(nn.Module):
 
     def __init__(self, D: int = 1000, n_blocks: int = 10, seed: int = 0):
         super().__init__()
-        check_int("D", D, 1, "D=1000")
-        check_int("n_blocks", n_blocks, 1, "n_blocks=10")
+        D = check_int("D", D, 1, "D=1000")
+        n_blocks = check_int("n_blocks", n_blocks, 1, "n_blocks=10")
         if D % n_blocks:
             raise ValueError(f"D={D} must split into n_blocks={n_blocks} equal blocks: pick D a multiple of n_blocks")
         self.n_blocks = n_blocks
@@ -269,6 +295,7 @@ def solve_toy(d: int, seed: int = 0, *, D: int = 1000, n_blocks: int = 10, proje
     """
     if optimizer not in ("lbfgs", "adam"):
         raise ValueError(f"unknown optimizer {optimizer!r}: choose 'lbfgs' or 'adam'")
+    steps = as_int(steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps!r}: pass a whole number of steps, e.g. steps=200")
     if lr is not None:

@@ -41,6 +41,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from helpers.checks import as_int
+
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
 KEY_PREFIX = "base_model.model."
@@ -54,6 +56,7 @@ _CORE_KEYS = {"peft_type", "r", "lora_alpha", "target_modules", "lora_dropout", 
 
 def check_lora_args(r, alpha, dropout, rslora) -> None:
     """ValueError unless r is a positive int, alpha a positive finite number, dropout in [0, 1), rslora a bool."""
+    r = as_int(r)  # a numpy integer is an integer
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise ValueError(f"r must be a positive integer (the rank of ΔW = BA), got {r!r}; use e.g. r=4")
     if isinstance(alpha, bool) or not isinstance(alpha, Real) or not alpha > 0 or not math.isfinite(alpha):
@@ -91,6 +94,7 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False):
         super().__init__()
+        r = as_int(r)  # an int in the saved adapter_config.json, not a numpy scalar
         check_lora_args(r, alpha, dropout, rslora)
         if not all(hasattr(base, a) for a in ("in_features", "out_features", "weight")):
             raise ValueError(f"base must have in_features, out_features and weight (like nn.Linear), "
@@ -138,6 +142,9 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         """W₀ <- W₀ + s·BA, so forward costs one matmul; no-op when already merged."""
+        reason = None if self.merged else _merge_refusal(self)
+        if reason:
+            raise ValueError(reason)
         if not self.merged:
             self.base.weight += self.delta_weight().to(self.base.weight.dtype)
             self.merged = True
@@ -153,8 +160,24 @@ class LoRALinear(nn.Module):
         return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, rslora={self.rslora}, merged={self.merged}"
 
 
+def _merge_refusal(m: LoRALinear) -> str | None:
+    """Why `m` cannot fold ΔW into its base in place (None if it can): its class's `cannot_merge`, or a base
+    whose W₀ is not a float tensor it holds (e.g. a LinearNF4 computes its weight from 4-bit codes on access)."""
+    if m.cannot_merge:
+        return m.cannot_merge
+    held = {**m.base._parameters, **m.base._buffers}.get("weight")
+    if isinstance(held, torch.Tensor) and held.is_floating_point():
+        return None
+    return (f"cannot merge into a {type(m.base).__name__} base: it does not hold W₀ as a float tensor (an NF4 base "
+            "stores 4-bit codes and dequantises W₀ on every access), so it cannot absorb ΔW = s·BA in place. "
+            "Dequantise the base to a float layer first (an nn.Linear with weight base.weight and its bias), then "
+            "merge; or keep the adapter separate (save_adapter)")
+
+
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     """Name -> LoRALinear for every LoRA layer in `model` (named_modules order)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}: pass the model itself")
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
@@ -272,14 +295,14 @@ def _check_mergeable(model: nn.Module, layers: dict[str, LoRALinear]) -> None:
     """ValueError, before any layer is merged, if a layer cannot merge or its W₀ is shared with another tensor."""
     if not layers:
         raise ValueError("the model has no LoRA layers to merge: call add_lora (or load_adapter) first")
-    refused = {name: m.cannot_merge for name, m in layers.items() if m.cannot_merge and not m.merged}
+    refused = {name: _merge_refusal(m) for name, m in layers.items() if not m.merged and _merge_refusal(m)}
     if refused:
         raise ValueError(f"layer(s) {', '.join(refused)}: {next(iter(refused.values()))} (nothing was merged)")
     owners: dict[int, list[str]] = {}
     for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
         owners.setdefault(t.untyped_storage().data_ptr(), []).append(name)
     for name, m in layers.items():
-        if not m.cannot_merge:
+        if not _merge_refusal(m):
             sharing = [n for n in owners.get(m.base.weight.untyped_storage().data_ptr(), [])
                        if n != f"{name}.base.weight"]
             if sharing:
@@ -392,6 +415,10 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"{directory} is a file, not a directory: pass a folder path for the adapter")
+    below = next((p for p in directory.parents if p.exists() or p.is_symlink()), None)
+    if below is not None and not below.is_dir():
+        raise ValueError(f"{below} is a file, so the folder {directory} cannot be created below it: pass a folder "
+                         "path whose parents are folders (or remove that file)")
     tensors = {}
     for name, m in layers.items():
         for which, w in (("A", m.lora_A.weight), ("B", m.lora_B.weight)):
@@ -493,12 +520,16 @@ def load_adapter(model: nn.Module, directory: str | Path, inject: Callable = add
 
     Reads adapter_config.json and adapter_model.safetensors only (never a pickle). Config, tensor keys and
     shapes are all checked against the model before it is touched, so on any ValueError the model is exactly
-    as it was. `inject` builds the layers (default add_lora; e.g. add_qlora for a quantised base).
+    as it was. `inject` builds the layers (default add_lora; e.g. add_qlora for a quantised base); the random A
+    it draws is overwritten, inside `torch.random.fork_rng`, so the caller's global RNG state is left as it was.
     """
     if not isinstance(directory, (str, Path)):
         raise ValueError(f"directory must be a folder path (str or Path), got {type(directory).__name__}: pass "
                          "the folder save_adapter wrote")
     directory = Path(directory)
+    if directory.is_file():
+        raise ValueError(f"{str(directory)!r} is a file, not an adapter folder: pass the folder that holds "
+                         f"{WEIGHTS_NAME} and {CONFIG_NAME}, here {str(directory.parent)!r}")
     if not directory.is_dir():
         raise ValueError(f"adapter folder {str(directory)!r} does not exist: pass the folder save_adapter wrote")
     config = _read_config(directory)
@@ -538,8 +569,9 @@ def load_adapter(model: nn.Module, directory: str | Path, inject: Callable = add
                 raise ValueError(f"{KEY_PREFIX}{name}.lora_{which}.weight contains NaN or inf: the adapter is "
                                  "corrupt or its training diverged; save a finite adapter again")
 
-    inject(model, config["target_modules"], r=r, alpha=config["lora_alpha"], dropout=config["lora_dropout"],
-           rslora=config["use_rslora"])
+    with torch.random.fork_rng():  # inject draws A's initial values, overwritten below: the caller's RNG is untouched
+        inject(model, config["target_modules"], r=r, alpha=config["lora_alpha"], dropout=config["lora_dropout"],
+               rslora=config["use_rslora"])
     layers = lora_layers(model)
     with torch.no_grad():
         for name, pair in by_module.items():

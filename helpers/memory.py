@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 
 import torch
 from torch import nn
 
-from helpers.checks import check_features, check_labels, check_number
+from helpers.checks import as_int, check_choice, check_features, check_int, check_labels, check_lora_unmerged, check_number
 from helpers.training import OPTIMIZERS, training_step
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "nf4": 0.5,
@@ -38,8 +39,7 @@ METHODS = ["full", "lora", "qlora"]
 
 
 def _check_choice(name: str, value, options) -> None:
-    if value not in options:
-        raise ValueError(f"unknown {name} {value!r}: choose one of {sorted(options)}")
+    check_choice(name, value, options)
 
 
 def training_memory(n_params: float, n_trainable: float | None = None, precision: str = "fp32",
@@ -51,8 +51,9 @@ def training_memory(n_params: float, n_trainable: float | None = None, precision
     (default fp32 for "fp32", bf16 for "mixed"; "nf4"/"nf4-dq" for QLoRA). Optimizer states are fp32.
     """
     n_trainable = n_params if n_trainable is None else n_trainable
+    n_params, n_trainable = as_int(n_params), as_int(n_trainable)  # numpy integers count as ints
     for name, value in (("n_params", n_params), ("n_trainable", n_trainable)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ValueError(f"{name}={value!r} is not a finite number of parameters: pass a number >= 0 such as "
                              "7e9 (not a string like '7B')")
     if n_params < 0 or n_trainable < 0:
@@ -75,6 +76,8 @@ def training_memory(n_params: float, n_trainable: float | None = None, precision
 def lora_params(d_model: int, n_layers: int, r: int, matrices_per_layer: int = 2) -> int:
     """LoRA parameters for rank-r adapters on `matrices_per_layer` d_model x d_model weights per layer:
     r·(d_in + d_out) each."""
+    d_model, n_layers, r, matrices_per_layer = (check_int(name, v, example=f"{name}={good}") for name, v, good in (
+        ("d_model", d_model, 4096), ("n_layers", n_layers, 32), ("r", r, 8), ("matrices_per_layer", matrices_per_layer, 2)))
     if min(d_model, n_layers, r, matrices_per_layer) < 1:
         raise ValueError(f"d_model, n_layers, r and matrices_per_layer must all be >= 1; got d_model={d_model}, "
                          f"n_layers={n_layers}, r={r}, matrices_per_layer={matrices_per_layer}")
@@ -114,7 +117,8 @@ def measure_training_memory(model: nn.Module, X: torch.Tensor, y: torch.Tensor, 
                             lr: float = 1e-3) -> dict[str, int]:
     """Measured bytes of parameters, .grad tensors and optimizer state after one training step.
 
-    Runs on a deep copy, so `model` is not changed. Trains what requires grad. Optimizer state counts the
+    Runs on a deep copy, so `model` is not changed (nor the global RNG: dropout draws inside
+    `torch.random.fork_rng`). Trains what requires grad. Optimizer state counts the
     per-parameter tensors (Adam's exp_avg, exp_avg_sq; momentum buffers); Adam's scalar step counters
     (one per tensor, not per parameter) are reported apart as "step_counters" and left out of "total".
     """
@@ -126,11 +130,13 @@ def measure_training_memory(model: nn.Module, X: torch.Tensor, y: torch.Tensor, 
     check_labels("y", y, len(X))
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("no parameter requires grad: unfreeze what should train before measuring")
+    check_lora_unmerged(model, [p for p in model.parameters() if p.requires_grad])
     model = copy.deepcopy(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     name, extra = ("sgd", {"momentum": 0.9}) if optimizer == "sgd_momentum" else (optimizer, {})
     opt = OPTIMIZERS[name](trainable, lr=lr, **extra)
-    training_step(model, opt, X, y)
+    with torch.random.fork_rng():  # dropout draws on the copy: the caller's global RNG state is left as it was
+        training_step(model, opt, X, y)
     state = [t for s in opt.state.values() for k, t in s.items() if torch.is_tensor(t) and k != "step"]
     steps = [t for s in opt.state.values() for k, t in s.items() if torch.is_tensor(t) and k == "step"]
     out = {"weights": tensor_bytes(model.parameters()),

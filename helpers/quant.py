@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from helpers import lora
+from helpers.checks import as_int, check_int
 from helpers.memory import tensor_bytes
 
 # QLoRA's offset: the outermost quantile probed is 1 - ½(1/30 + 1/32) = 0.96770833..., which the paper's
@@ -85,16 +86,33 @@ def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
 
     An odd count is padded with code 7 (NF4's exact zero), as bitsandbytes does.
     """
-    flat = codes.reshape(-1).to(torch.uint8)
+    if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise ValueError(f"4-bit codes must be an integer tensor, got {got}: pass level indices (e.g. torch.bucketize "
+                         "output), not values")
+    if codes.numel() and int(codes.min()) < 0:
+        raise ValueError(f"4-bit codes must lie in 0..15, got a minimum of {int(codes.min())}; pass level indices")
+    flat = codes.reshape(-1)
     if flat.numel() and int(flat.max()) > 15:
         raise ValueError(f"4-bit codes must lie in 0..15, got a maximum of {int(flat.max())}; pass level indices")
+    flat = flat.to(torch.uint8)
     if flat.numel() % 2:
         flat = torch.cat([flat, flat.new_full((1,), 7)])
     return (flat[0::2] << 4) | flat[1::2]
 
 
 def unpack_nibbles(packed: torch.Tensor, n: int) -> torch.Tensor:
-    """Inverse of `pack_nibbles`: uint8 (ceil(n/2),) -> the first n codes as uint8 values 0..15."""
+    """Inverse of `pack_nibbles`: uint8 (ceil(n/2),) -> the first n codes as uint8 values 0..15
+    (0 <= n <= 2 · bytes; packed bytes of any shape are read in order)."""
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
+        got = packed.dtype if isinstance(packed, torch.Tensor) else type(packed).__name__
+        raise ValueError(f"packed must be a uint8 tensor of packed codes, got {got}: pass pack_nibbles' output "
+                         "(e.g. NF4Tensor.codes)")
+    n = check_int("n", n, 0, "n=w.numel(), the number of codes that were packed")
+    if n > 2 * packed.numel():
+        raise ValueError(f"n={n} codes asked for, but {packed.numel()} bytes hold only {2 * packed.numel()}: pass the "
+                         "number of codes that were packed (e.g. w.numel()), at most two per byte")
+    packed = packed.reshape(-1)
     out = torch.stack([packed >> 4, packed & 15], dim=1).reshape(-1)
     return out[:n]
 
@@ -169,6 +187,7 @@ class NF4Tensor:
 # ---------------------------------------------------------------------------------------------- checks
 
 def _check_power_of_two(name: str, value, fix: str) -> None:
+    value = as_int(value)  # a numpy integer is an integer
     if isinstance(value, bool) or not isinstance(value, int) or value < 2 or value & (value - 1):
         raise ValueError(f"{name} must be a power of two >= 2 (whole bytes of codes per block), got {value!r}; {fix}")
 
@@ -200,7 +219,7 @@ def _check_quant_args(block_size, double_quant, dq_block_size) -> int | None:
             raise ValueError(f"dq_block_size={dq_block_size!r} only applies to double quantisation, which is off; "
                              "drop dq_block_size or pass double_quant=True")
         return None
-    dq_block_size = 256 if dq_block_size is None else dq_block_size
+    dq_block_size = 256 if dq_block_size is None else as_int(dq_block_size)
     _check_power_of_two("dq_block_size", dq_block_size,
                         "it counts absmax constants per 8-bit block; QLoRA uses dq_block_size=256")
     return dq_block_size
@@ -240,6 +259,7 @@ def quantize_nf4(w: torch.Tensor, block_size: int = 64, double_quant: bool = Tru
     Values are processed in float32 (as bitsandbytes does); `dequantize_nf4` returns the original dtype.
     """
     _check_weight(w)
+    block_size = as_int(block_size)
     dq_block_size = _check_quant_args(block_size, double_quant, dq_block_size)
     flat = w.detach().reshape(-1).float()
     idx, absmax = _blockwise_quantize(flat, _NF4_MIDPOINTS.to(flat.device), block_size)
@@ -325,6 +345,7 @@ def quantize_int(w: torch.Tensor, bits: int, block_size: int = 64) -> tuple[torc
     integers + 4 per fp32 absmax). block_size can be any positive integer, e.g. d_in for one scale per row.
     """
     _check_weight(w)
+    bits, block_size = as_int(bits), as_int(block_size)
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
         raise ValueError(f"bits must be an integer in 2..8, got {bits!r}; e.g. bits=8 for int8")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
@@ -386,6 +407,18 @@ class LinearNF4(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
+
+    def _apply(self, fn, recurse=True):
+        """.to(), .double(), .half(), .cpu() follow their meaning for the bias and the dtype W₀ is dequantised to
+        (so .double() gives a float64 layer over the same 4-bit weight); the quantised buffers (uint8 codes, float32
+        constants: the stored format) only follow the device, their dtypes and bytes stay as they are."""
+        stored = {k: b for k, b in self._buffers.items() if b is not None}
+        dtype = fn(torch.empty(0, dtype=self._dtype, device=self.weight_codes.device)).dtype
+        super()._apply(fn, recurse)
+        for k, b in stored.items():
+            self._buffers[k] = b.to(self._buffers[k].device)
+        self._dtype = dtype
+        return self
 
     def extra_repr(self) -> str:
         dq = f", double_quant(block {self.dq_block_size})" if self.double_quant else ""

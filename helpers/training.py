@@ -6,6 +6,8 @@ passed in `params`), so full fine-tuning, LoRA, BitFit and subspace training all
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
 import time
 from numbers import Real
@@ -15,7 +17,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from helpers.checks import check_features, check_int, check_labels, check_number, check_seed
+from helpers.checks import (as_int, check_choice, check_features, check_int, check_labels, check_lora_unmerged,
+                            check_number, check_seed, modes_restored, restore_modes, save_modes)
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}  # the one table
 
@@ -107,13 +110,9 @@ def _check_model(model) -> None:
 
 def _output_width(model: nn.Module, X: torch.Tensor) -> int:
     """Classes the model outputs, from one row in eval mode under no_grad (no state changes, no RNG draw)."""
-    was_training = model.training
-    try:
+    with modes_restored(model), torch.no_grad():
         model.eval()
-        with torch.no_grad():
-            out = model(X[:1])
-    finally:
-        model.train(was_training)
+        out = model(X[:1])
     if out.dim() != 2:
         raise ValueError(f"the model maps {tuple(X[:1].shape)} to {tuple(out.shape)}, not (batch, n_classes) "
                          "logits: train and evaluate need a classifier")
@@ -122,17 +121,14 @@ def _output_width(model: nn.Module, X: torch.Tensor) -> int:
 
 @torch.no_grad()
 def predict(model: nn.Module, X: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Predicted class per row of X (N, d_in) -> int64 (N,), in eval mode; the model's mode is restored
-    afterwards, also when the forward fails."""
+    """Predicted class per row of X (N, d_in) -> int64 (N,), in eval mode; every module's own train/eval mode
+    is restored afterwards, also when the forward fails."""
     _check_model(model)
     check_features("X", X)
-    check_int("batch_size", batch_size, 1, "batch_size=4096")
-    was_training = model.training
-    try:
+    batch_size = check_int("batch_size", batch_size, 1, "batch_size=4096")
+    with modes_restored(model):
         model.eval()
         return torch.cat([model(X[i:i + batch_size]).argmax(-1) for i in range(0, len(X), batch_size)])
-    finally:
-        model.train(was_training)
 
 
 def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> float:
@@ -192,14 +188,13 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int | N
     time so far, evaluation excluded) and, with `eval_data=(X_test, y_test)`, test_acc. A record is
     written every `eval_every` steps (default: at the end of each epoch) and after the last step;
     evaluation runs `eval_batch_size` rows at a time (a transformer wants small batches of similar length).
-    The model ends in eval mode.
+    Training runs with every module in train mode (model.train()); the model ends in eval mode.
     Every argument (and every label against the model's output width) is checked before the first step;
     if a step fails or the loss turns NaN/inf, the trained tensors, their grads, batch-norm statistics
-    and the model's mode are restored and the error is raised.
+    and every module's own train/eval mode are restored and the error is raised.
     """
     _check_model(model)
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {sorted(OPTIMIZERS)}")
+    check_choice("optimizer", optimizer, OPTIMIZERS)
     check_features("X", X)
     if not isinstance(y, torch.Tensor) or len(X) != len(y):
         raise ValueError(f"X has {len(X)} rows but y has {len(y) if hasattr(y, '__len__') else y!r} labels: "
@@ -210,18 +205,20 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int | N
         steps = check_int("steps", steps, 1, "steps=200 (optimiser steps), or epochs=10 instead")
     elif epochs is None:
         epochs = 10
+    epochs, batch_size = as_int(epochs), as_int(batch_size)  # numpy integers are integers
     if (any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (1 if epochs is None else epochs, batch_size))
             or not isinstance(lr, Real) or not lr > 0):
         raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0; got {epochs}, {batch_size}, {lr}")
     check_number("lr", lr, positive=True, example="lr=1e-3")
     check_number("weight_decay", weight_decay, minimum=0, example="weight_decay=0.0")
-    check_seed(seed)
+    seed = check_seed(seed)
     if eval_every is not None:
-        check_int("eval_every", eval_every, 1, "eval_every=10 (steps), or None for once per epoch")
-    check_int("eval_batch_size", eval_batch_size, 1, "eval_batch_size=64")
+        eval_every = check_int("eval_every", eval_every, 1, "eval_every=10 (steps), or None for once per epoch")
+    eval_batch_size = check_int("eval_batch_size", eval_batch_size, 1, "eval_batch_size=64")
     params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad (did you freeze everything?)")
+    check_lora_unmerged(model, params)
     groups = _lr_groups(model, params, lr, lr_for)
     n_classes = _output_width(model, X)
     check_labels("y", y, len(X), n_classes)
@@ -244,7 +241,7 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int | N
     if eval_data is not None:
         history["test_acc"] = []
     step, seconds, running = 0, 0.0, []
-    was_training = model.training
+    modes = save_modes(model)
     # what a step can change: the trained tensors, their grads, batch-norm statistics (restored on failure)
     stats = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for b in m.buffers()]
     saved = [(t, t.detach().clone()) for t in params + stats]
@@ -284,7 +281,7 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int | N
                 t.copy_(copy)
         for p, g in grads:
             p.grad = g
-        model.train(was_training)
+        restore_modes(modes)
         raise
     finally:
         bar.close()
@@ -307,7 +304,13 @@ def fit_linear_probe(E: torch.Tensor, y: torch.Tensor, n_classes: int | None = N
     check_features("E", E)
     if E.dim() != 2:
         raise ValueError(f"E must be a (N, k) matrix of features, got shape {tuple(E.shape)}: flatten or pool first")
+    if len(E) < 2:
+        raise ValueError(f"E has {len(E)} row: standardising needs at least two rows (one row has no spread); "
+                         "pass more examples")
     check_labels("y", y, len(E))
+    if n_classes is None and int(y.max()) == 0:
+        raise ValueError("y holds only class 0, so n_classes would be 1: a probe separates two or more classes; pass "
+                         "n_classes= the task's number of classes (e.g. n_classes=6) or labels of two or more classes")
     n_classes = int(y.max()) + 1 if n_classes is None else check_int("n_classes", n_classes, 2, "n_classes=6")
     check_labels("y", y, len(E), n_classes)
     l2 = check_number("l2", l2, minimum=0, example="l2=1e-3")
@@ -336,6 +339,48 @@ def fit_linear_probe(E: torch.Tensor, y: torch.Tensor, n_classes: int | None = N
     return probe.requires_grad_(False).eval()
 
 
+def _fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the model's state (names, dtypes, shapes, bytes) and which parameters require grad."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    h.update(" ".join(n for n, p in model.named_parameters() if p.requires_grad).encode())
+    return h.hexdigest()
+
+
+def _changeable(model: nn.Module) -> dict[int, str]:
+    """Storage address -> name of what training changes: trainable parameters and batch-norm statistics."""
+    out = {p.untyped_storage().data_ptr(): n for n, p in model.named_parameters() if p.requires_grad}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase):
+            out.update({b.untyped_storage().data_ptr(): f"{name}.{k}" for k, b in m.named_buffers()})
+    out.pop(0, None)  # empty tensors have no storage
+    return out
+
+
+def _check_fresh(model: nn.Module, others: list, start: str, lr: float, first_lr: float) -> nn.Module:
+    """`model` from build() for rate `lr`: not one of `others` (models alive), sharing nothing training changes
+    with them, and in the state the first model started from (its fingerprint `start`). Returns it."""
+    _check_model(model)
+    fix = "return a fresh copy at every call, e.g. build=lambda: copy.deepcopy(pretrained)"
+    if any(model is o for o in others):
+        raise ValueError(f"build() returned the same model object again (for lr={lr:g}): every rate would train one "
+                         f"model in turn, each starting where the last stopped; {fix}")
+    theirs = {a for o in others for a in _changeable(o)}
+    shared = [n for a, n in _changeable(model).items() if a in theirs]
+    if shared:
+        raise ValueError(f"the models build() returns share {', '.join(shared[:3])}{' ...' if len(shared) > 3 else ''}: "
+                         f"training one rate would change the model the next rate starts from; {fix} (with_new_head "
+                         "shares its body: deepcopy the model first)")
+    if _fingerprint(model) != start:
+        raise ValueError(f"build() returned a model for lr={lr:g} that differs from the one for lr={first_lr:g} "
+                         "before training (other weights, buffers or trainable parameters): every rate must start from "
+                         "the same model; seed any random init inside build (e.g. torch.manual_seed(0) before "
+                         f"add_lora), or {fix}")
+    return model
+
+
 class LRChoice(NamedTuple):
     """What `choose_lr` found: the chosen learning rate, validation accuracy and mean validation cross-entropy
     per learning rate (in the order tried; NaN where training diverged), and the model trained at the chosen rate."""
@@ -347,13 +392,10 @@ class LRChoice(NamedTuple):
 
 @torch.no_grad()
 def _mean_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean cross-entropy of `model` on (X, y) in eval mode; the model's mode is restored."""
-    was_training = model.training
-    try:
+    """Mean cross-entropy of `model` on (X, y) in eval mode; every module's own mode is restored."""
+    with modes_restored(model):
         model.eval()
         return nn.functional.cross_entropy(model(X), y).item()
-    finally:
-        model.train(was_training)
 
 
 def choose_lr(build: Callable[[], nn.Module], lrs, fit: tuple[torch.Tensor, torch.Tensor],
@@ -368,7 +410,9 @@ def choose_lr(build: Callable[[], nn.Module], lrs, fit: tuple[torch.Tensor, torc
     small validation set saturates), the lowest validation cross-entropy; then the smaller rate. A rate at which
     training diverges (`TrainingDiverged`) scores NaN and is never chosen; if every rate diverges, the last
     TrainingDiverged is raised. `build` owns any randomness of its own (e.g. it may seed LoRA's A init); this
-    function draws none. Returns LRChoice(lr, val_acc, val_loss, model).
+    function draws none. Every rate must start from the same model: before any training, two models from
+    `build()` are compared (not the same object, no shared trainable tensor or batch-norm statistics, the same
+    state and trainable set), and every later one against the first. Returns LRChoice(lr, val_acc, val_loss, model).
     """
     if not callable(build):
         raise ValueError(f"build must be a function that returns a fresh model, got {type(build).__name__}: "
@@ -387,12 +431,28 @@ def choose_lr(build: Callable[[], nn.Module], lrs, fit: tuple[torch.Tensor, torc
         check_labels(f"y of {name}", pair[1], len(pair[0]))
     if "lr" in train_kwargs:
         raise ValueError("lr is set by choose_lr itself (it tries each of lrs): drop it from the training arguments")
+    settable = set(inspect.signature(train).parameters) - {"model", "X", "y", "lr", "seed", "progress"}
+    unknown = sorted(set(train_kwargs) - settable)
+    if unknown:
+        raise ValueError(f"choose_lr passes {', '.join(unknown)} on to train, which takes no such setting here: drop "
+                         f"it; train's settings are {', '.join(sorted(settable))}")
+    first = build()
+    _check_model(first)
+    n_classes = _output_width(first, fit[0])
+    if val[0].shape[1:] != fit[0].shape[1:]:
+        raise ValueError(f"X of val rows have shape {tuple(val[0].shape[1:])}, X of fit rows {tuple(fit[0].shape[1:])}: "
+                         "pass validation data with the fitting data's features")
+    check_labels("y of val", val[1], len(val[0]), n_classes)
+    start = _fingerprint(first)
+    ready = [first]
+    if len(lrs) > 1:
+        ready.append(_check_fresh(build(), [first], start, lrs[1], lrs[0]))
     bar = progress_bar(len(lrs), desc, progress)
-    val_acc, val_loss, best = {}, {}, None
+    val_acc, val_loss, best, model = {}, {}, None, None
     try:
         for lr in lrs:
-            model = build()
-            _check_model(model)
+            alive = [m for m in (model, best and best[1]) if m is not None]
+            model = ready.pop(0) if ready else _check_fresh(build(), alive, start, lr, lrs[0])
             try:
                 train(model, *fit, lr=lr, seed=seed, progress=False, **train_kwargs)
             except TrainingDiverged as error:
