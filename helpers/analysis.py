@@ -67,7 +67,7 @@ def energy_captured(M: torch.Tensor) -> torch.Tensor:
 def effective_rank(M: torch.Tensor, energy: float = 0.9) -> int:
     """Smallest k whose top-k singular directions hold `energy` of ‖M‖²_F."""
     if isinstance(energy, bool) or not isinstance(energy, numbers.Real) or not 0 < energy <= 1:
-        raise ValueError(f"energy must be in (0, 1], got {energy}")
+        raise ValueError(f"energy must be in (0, 1], got {energy!r}")
     return int((energy_captured(M) < energy - 1e-12).sum().item()) + 1
 
 

@@ -272,7 +272,7 @@ def _check_tokens(ids: torch.Tensor, mask, config) -> None:
     if ids.numel() == 0:
         raise ValueError(f"the batch is empty (shape {tuple(ids.shape)}): pass at least one text of one token")
     for name, t in (("input_ids", ids), ("attention_mask", mask)):
-        if t.dtype == torch.bool or t.is_complex() or (t.is_floating_point() and not bool((t == t.round()).all())):
+        if (t.dtype == torch.bool and t is ids) or t.is_complex() or (t.is_floating_point() and not bool((t == t.round()).all())):
             raise ValueError(f"{name} must hold whole numbers, got dtype {t.dtype}"
                              f"{' with fractions' if t.is_floating_point() else ''}: token ids are not rounded here; {fix}")
     vocab = getattr(config, "vocab_size", None)

@@ -208,7 +208,7 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int | N
     epochs, batch_size = as_int(epochs), as_int(batch_size)  # numpy integers are integers
     if (any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (1 if epochs is None else epochs, batch_size))
             or not isinstance(lr, Real) or not lr > 0):
-        raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0; got {epochs}, {batch_size}, {lr}")
+        raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0; got {epochs!r}, {batch_size!r}, {lr!r}")
     check_number("lr", lr, positive=True, example="lr=1e-3")
     check_number("weight_decay", weight_decay, minimum=0, example="weight_decay=0.0")
     seed = check_seed(seed)

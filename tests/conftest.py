@@ -1,4 +1,5 @@
-"""Shared test helpers: the one "unchanged" snapshot (models, directories, tensors, DataFrames) and `says`.
+"""Shared test helpers: the one "unchanged" snapshot (models, directories, tensors, DataFrames, the global torch
+and numpy random states) and `says`.
 
 Import them with `from conftest import says, unchanged` (pytest puts tests/ on sys.path).
 """
@@ -7,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -73,12 +75,28 @@ def assert_dir_unchanged(root: Path, before: dict) -> None:
         assert after[k][1] == mtime, f"{k}: modified (mtime changed)"
 
 
+def snapshot_rng() -> tuple:
+    """The global torch generator's state and numpy's legacy global state (what np.random.* draws from)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return torch.get_rng_state(), (kind, keys.copy(), pos, has_gauss, gauss)
+
+
+def assert_rng_unchanged(before: tuple) -> None:
+    torch_state, (kind, keys, pos, has_gauss, gauss) = before
+    assert torch.equal(torch.get_rng_state(), torch_state), "the global torch RNG advanced or was reseeded"
+    a_kind, a_keys, a_pos, a_has_gauss, a_gauss = np.random.get_state()
+    assert (a_kind, a_pos, a_has_gauss, a_gauss) == (kind, pos, has_gauss, gauss) and np.array_equal(a_keys, keys), \
+        "the global numpy RNG advanced or was reseeded"
+
+
 @contextlib.contextmanager
-def unchanged(models=(), dirs=(), tensors=(), frames=()):
-    """Snapshot models, directories, tensors and DataFrames; on exit assert each is exactly as before."""
+def unchanged(models=(), dirs=(), tensors=(), frames=(), rng=True):
+    """Snapshot models, directories, tensors, DataFrames and (rng=True) the global torch and numpy random states;
+    on exit assert each is exactly as before."""
     models, dirs, tensors, frames = list(models), list(dirs), list(tensors), list(frames)
     before = ([snapshot_model(m) for m in models], [snapshot_dir(d) for d in dirs],
               [snapshot_tensor(t) for t in tensors], [f.copy(deep=True) for f in frames])
+    rng_before = snapshot_rng() if rng else None
     yield
     for m, b in zip(models, before[0]):
         assert_model_unchanged(m, b)
@@ -88,6 +106,8 @@ def unchanged(models=(), dirs=(), tensors=(), frames=()):
         assert_tensor_unchanged(t, b)
     for f, b in zip(frames, before[3]):
         pd.testing.assert_frame_equal(f, b)
+    if rng:
+        assert_rng_unchanged(rng_before)
 
 
 def says(*fragments: str) -> str:
