@@ -95,6 +95,8 @@ def training_step_flops(sizes, batch: int, method: str = "full", r: dict | int |
       L = 2^⌈log2 d⌉ two Walsh–Hadamard transforms of L·log2 L additions plus 3L multiplies, ⌈D/L⌉ blocks.
     Returns {"model": ..., "extra": ..., "total": ...}.
     """
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise ValueError(f"sizes must be the MLP's widths, got {sizes!r}; e.g. (784, 200, 10)")
     sizes = list(sizes)
     if len(sizes) < 2:
         raise ValueError(f"sizes needs at least an input and an output width, got {sizes}; e.g. (784, 200, 10)")

@@ -198,6 +198,10 @@ def _matches(target_modules: str | Iterable[str], name: str) -> bool:
 
 def linear_names(model: nn.Module, layer_types=(nn.Linear,)) -> list[str]:
     """Names of the layers of `layer_types` that could be targeted (not the insides of LoRA layers)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}: pass the model itself")
+    if not isinstance(layer_types, tuple) or not layer_types or not all(isinstance(t, type) for t in layer_types):
+        raise ValueError(f"layer_types must be a tuple of module classes, got {layer_types!r}: e.g. (nn.Linear,)")
     return [name for name, m in _candidate_modules(model) if isinstance(m, layer_types)]
 
 
@@ -258,6 +262,9 @@ def replace_modules(model: nn.Module, target_modules, make_layer: Callable[[str,
     (raise ValueError there) — and every new layer is built before the first swap, so on any error the model
     is unchanged.
     """
+    if not callable(make_layer) or (check is not None and not callable(check)):
+        raise ValueError(f"make_layer (and check, if given) must be functions of (name, layer), got "
+                         f"{type(make_layer).__name__} and {type(check).__name__}: e.g. lambda name, m: LoRALinear(m, 4, 8)")
     found = find_targets(model, target_modules, layer_types)
     if check is not None:
         for name, module in found.items():

@@ -96,7 +96,7 @@ def finetune_memory(model: str = "LLaMA-2 7B", method: str = "full", r: int = 8,
     _check_choice("method", method, METHODS)
     spec = dict(MODELS[model])
     if n_params is not None:
-        spec["n_params"] = n_params
+        spec["n_params"] = check_number("n_params", n_params, minimum=0, example="n_params=7e9 (not a string like '7B')")
     trainable = spec["n_params"] if method == "full" else lora_params(spec["d_model"], spec["n_layers"], r)
     frozen = "nf4-dq" if method == "qlora" else None
     out = training_memory(spec["n_params"] + (0 if method == "full" else trainable), trainable,

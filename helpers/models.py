@@ -37,6 +37,8 @@ def mlp(sizes=(784, 200, 200, 10), seed: int = 0) -> nn.Sequential:
 
 def body(model: nn.Sequential) -> nn.Sequential:
     """Everything before `head`: the feature extractor a new task can reuse."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}: pass the model itself")
     return nn.Sequential(OrderedDict((name, m) for name, m in model.named_children() if name != "head"))
 
 

@@ -490,6 +490,8 @@ def quantize_model(model: nn.Module, target_modules=None, block_size: int = 64, 
     is not inside a LoRA layer. On ValueError the model is unchanged. Use before `add_qlora` to keep the
     whole frozen base in 4 bits, the way QLoRA loads a model.
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}: pass the model itself")
     _check_quant_args(block_size, double_quant, None)
     if target_modules is None:
         target_modules = lora.linear_names(model, (nn.Linear,))
@@ -503,6 +505,8 @@ def quantize_model(model: nn.Module, target_modules=None, block_size: int = 64, 
 def storage_bytes(model: nn.Module) -> dict[str, int]:
     """Bytes the model stores, split into "trainable" (parameters that require grad) and "frozen" (every
     other parameter and every buffer, e.g. NF4 codes and constants); shared tensors counted once."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}: pass the model itself")
     trainable = [p for p in model.parameters() if p.requires_grad]
     ids = {id(p) for p in trainable}
     return {"trainable": tensor_bytes(trainable),

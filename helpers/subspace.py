@@ -54,6 +54,8 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     matrix products over a reshaped tensor instead of log2(L) butterfly passes (2-3× faster on CPU).
     Differentiable (the backward of a Hadamard product is again a Hadamard product).
     """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"fwht needs a torch.Tensor, got {type(x).__name__}: convert with torch.as_tensor(x).float()")
     if not torch.is_floating_point(x):
         raise ValueError(f"fwht needs a floating-point tensor, got dtype {x.dtype}: pass x.float()")
     L = x.shape[-1] if x.dim() else 0

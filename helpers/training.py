@@ -215,6 +215,15 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int | N
     if eval_every is not None:
         eval_every = check_int("eval_every", eval_every, 1, "eval_every=10 (steps), or None for once per epoch")
     eval_batch_size = check_int("eval_batch_size", eval_batch_size, 1, "eval_batch_size=64")
+    if params is not None:
+        if isinstance(params, torch.Tensor) or not hasattr(params, "__iter__"):
+            raise ValueError(f"params must be a list of the model's parameters, got {type(params).__name__}: e.g. "
+                             "params=list(model.head.parameters())")
+        params, own = list(params), {id(p) for p in model.parameters()}
+        if not all(isinstance(p, torch.Tensor) and id(p) in own for p in params):
+            raise ValueError("params must be parameters of the model being trained (from model.parameters()); "
+                             "another model's tensors would never receive a gradient: pass e.g. "
+                             "params=list(model.head.parameters())")
     params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad (did you freeze everything?)")

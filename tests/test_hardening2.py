@@ -265,8 +265,10 @@ def test_train_success_ends_with_every_module_in_eval_mode():
     assert not any(m.training for m in model.modules())
 
 
-def test_measured_flops_leave_batch_norm_statistics_modes_grads_and_rng_alone():
+@pytest.mark.parametrize("batch_norm_training", [False, True], ids=["frozen-batch-norm", "training-batch-norm"])
+def test_measured_flops_leave_batch_norm_statistics_modes_grads_and_rng_alone(batch_norm_training):
     model, (X, y) = _bn_model(), _task(n=4)
+    model[1].train(batch_norm_training)
     model(X).sum().backward()  # grads present before the call
     with unchanged(models=[model], tensors=[X, y]):
         flops = analysis.measured_step_flops(model, X, y)
@@ -823,3 +825,31 @@ def test_rescale_refuses_a_block_named_twice(model, rescale, name):
 
 def test_check_seed_returns_a_python_int():
     assert type(check_seed(np.int64(3))) is int and check_seed(np.int64(3)) == 3
+
+
+# ------------------------------------------------------------------------------ beyond the list: probed
+
+@pytest.mark.parametrize("call, fragments", [
+    (lambda m, X, y: training.train(m, X, y, params=mlp(SIZES).parameters(), progress=False),
+     ("params must be parameters of the model being trained", "never receive a gradient")),
+    (lambda m, X, y: training.train(m, X, y, params=m.head.weight, progress=False),
+     ("params must be a list of the model's parameters, got Parameter", "params=list(model.head.parameters())")),
+    (lambda m, X, y: lora.find_targets(m, ["fc1"], layer_types=nn.Linear),
+     ("layer_types must be a tuple of module classes", "(nn.Linear,)")),
+    (lambda m, X, y: lora.replace_modules(m, ["fc1"], None), ("make_layer (and check, if given) must be functions",
+                                                              "lambda name, m:")),
+    (lambda m, X, y: quant.quantize_model(None), ("model must be a torch.nn.Module, got NoneType",)),
+    (lambda m, X, y: quant.storage_bytes([m]), ("model must be a torch.nn.Module, got list",)),
+    (lambda m, X, y: subspace.fwht([1.0, 2.0]), ("fwht needs a torch.Tensor, got list", "torch.as_tensor")),
+    (lambda m, X, y: analysis.training_step_flops(None, 4), ("sizes must be the MLP's widths, got None",
+                                                             "(784, 200, 10)")),
+    (lambda m, X, y: memory.finetune_memory(n_params="7B"), ("n_params must be a finite number, got '7B'",
+                                                             "not a string")),
+    (lambda m, X, y: __import__("helpers.models").models.body(None), ("model must be a torch.nn.Module",)),
+], ids=["train-params-of-another-model", "train-params-one-tensor", "layer-types-not-a-tuple", "make-layer-none",
+        "quantize-model-none", "storage-bytes-list", "fwht-list", "flops-sizes-none", "finetune-n-params-string",
+        "body-none"])
+def test_other_public_helpers_name_what_is_wrong(call, fragments):
+    model, (X, y) = mlp(SIZES), _task()
+    with unchanged(models=[model], tensors=[X, y]), pytest.raises(ValueError, match=says(*fragments)):
+        call(model, X, y)
