@@ -274,7 +274,7 @@ def _check_tokens(ids: torch.Tensor, mask, config) -> None:
     for name, t in (("input_ids", ids), ("attention_mask", mask)):
         if (t.dtype == torch.bool and t is ids) or t.is_complex() or (t.is_floating_point() and not bool((t == t.round()).all())):
             raise ValueError(f"{name} must hold whole numbers, got dtype {t.dtype}"
-                             f"{' with fractions' if t.is_floating_point() else ''}: token ids are not rounded here; {fix}")
+                             f"{' with fractions' if t.is_floating_point() else ''}: nothing is rounded here; {fix}")
     vocab = getattr(config, "vocab_size", None)
     if int(ids.min()) < 0 or (vocab is not None and int(ids.max()) >= vocab):
         raise ValueError(f"input_ids go from {int(ids.min())} to {int(ids.max())}, outside the vocabulary 0..{vocab - 1 if vocab else '?'}: "

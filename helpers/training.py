@@ -352,8 +352,13 @@ def _fingerprint(model: nn.Module) -> str:
     """SHA-256 over the model's state (names, dtypes, shapes, bytes) and which parameters require grad."""
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor):  # a module's extra state
+            h.update(f"{name} {t!r}".encode())
+            continue
+        t = t.detach().cpu()
+        t = t.to_dense() if t.layout != torch.strided else t
         h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
     h.update(" ".join(n for n, p in model.named_parameters() if p.requires_grad).encode())
     return h.hexdigest()
 

@@ -87,7 +87,7 @@ def _left_padded(ids, mask):
     (lambda ids, mask: (ids, -mask), ("must hold only 0 (padding) and 1 (token), got values from -1 to 0",
                                       "tokenizer(texts)")),
     (lambda ids, mask: (ids.float() + 0.4, mask), ("input_ids must hold whole numbers", "with fractions",
-                                                   "not rounded here")),
+                                                   "nothing is rounded here")),
     (lambda ids, mask: (ids + (ids == 102).long() * 30500, mask),
      ("input_ids go from 0 to 30602", "outside the vocabulary 0..30521", "another tokenizer")),
     (lambda ids, mask: (ids - 5, mask), ("input_ids go from -5", "outside the vocabulary", "another tokenizer")),
