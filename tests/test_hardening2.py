@@ -446,6 +446,10 @@ def test_select_classes_takes_numpy_and_tensor_digits():
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
+def test_check_seed_returns_a_python_int():
+    assert type(check_seed(np.int64(3))) is int and check_seed(np.int64(3)) == 3
+
+
 @pytest.mark.parametrize("call, fragments", [
     (lambda: memory.lora_params("8", 2, 2), ("d_model must be an integer, got '8' (str)", "d_model=4096")),
     (lambda: memory.lora_params(64, 2, 2.5), ("r must be an integer, got 2.5", "r=8")),
@@ -821,10 +825,6 @@ def test_rescale_refuses_a_block_named_twice(model, rescale, name):
     with unchanged(models=[m]), pytest.raises(ValueError, match=says(f"{name} is selected by two rescale entries",
                                                                      "name each block once")):
         subspace.SubspaceModel(m, 2, projection="dense", rescale=rescale)
-
-
-def test_check_seed_returns_a_python_int():
-    assert type(check_seed(np.int64(3))) is int and check_seed(np.int64(3)) == 3
 
 
 # ------------------------------------------------------------------------------ beyond the list: probed
