@@ -21,7 +21,7 @@ LAB_PORT ?= 8888
 LAB_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-unit test-notebooks test-notebooks-other-cpu lab bench drift sweep-03 sweep-04 sweep-05 clean
+.PHONY: help setup run test test-unit test-notebooks test-notebooks-other-cpu lab bench drift sweep-01 sweep-03 sweep-04 sweep-05 clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-26s %s\n", $$1, $$2}'
@@ -92,6 +92,9 @@ bench: $(STAMP) ## run every benchmark in benchmarks/, then write benchmarks/RES
 
 drift: $(STAMP) ## every notebook on this CPU's kernels and on the portable path: what moves (benchmarks/kernel_drift.md)
 	$(PY) benchmarks/kernel_drift.py
+
+sweep-01: $(STAMP) ## notebook 01's stored sweep (8 methods x 8 learning rates x 5 seeds on two pairs of tasks) into sweeps/peft_motivation_results.json: one thread, resumable (640 runs, about 15 minutes)
+	$(PY) sweeps/peft_motivation.py
 
 sweep-03: $(STAMP) ## notebook 03's stored sweep (lr choice, widths/depths, shuffled labels) into sweeps/intrinsic_mlp_results.json: one thread, resumable (about 20 minutes)
 	$(PY) sweeps/intrinsic_mlp.py

@@ -287,6 +287,8 @@ def make_moons(n: int = 1000, noise: float = 0.1, seed: int = 0, rotation: float
 # name -> (notebook, the command that rebuilds it, its runtime on 2 cores, the columns every run must have)
 SWEEP_RESULTS = {"intrinsic_mlp": ("03", "make sweep-03", "about 20 minutes", {"key"}),
                  "lora_vs_subspace": ("04", "make sweep-04", "about 30 minutes", {"key"}),
+                 "peft_motivation": ("01", "make sweep-01", "about 15 minutes",
+                                     {"key", "pair", "method", "lr", "seed", "val_acc", "target_acc", "source_acc"}),
                  "minilm": ("05", "make sweep-05", "2-3 hours",
                             {"key", "stage", "method", "weights", "size", "seed", "lr"})}
 
@@ -335,3 +337,32 @@ def load_sweep_results(name: str, path: str | Path | None = None) -> dict:
     except (ValueError, TypeError, AttributeError, OSError) as e:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{path} is corrupted or not a sweep results file ({e}); {fix}") from None
     return {**data, "runs": runs}
+
+
+TRANSFER_PAIRS = ("digits->parity", "0-4->5-9")
+
+
+def transfer_pair(pair: str = "digits->parity") -> dict:
+    """Notebook 01's source -> target pairs on the bundled MNIST 5k, with the target's validation split.
+
+    "digits->parity" (a related task with few labels, where pre-training helps): the source is the ten digits
+    on 3,000 of the 4,000 training images; the target is even/odd on the other 1,000 (a pool the source never
+    saw), of which only 100 are used to fit and 400 others to choose learning rates (never trained on; a
+    larger validation set than training set, so that the choice is not decided by a few images); tested on
+    the parity of the 1,000 test images. "0-4->5-9" (an unrelated pair, the contrast): the source is digits 0-4 of the training
+    images (2,000); the target is digits 5-9 relabelled 0..4, 1,600 to fit and 400 for validation; tested on
+    the 500 test images of 5-9.
+    Returns {"source": (X, y), "source_test": (X, y), "fit": (X, y), "val": (X, y), "test": (X, y),
+    "n_source": classes of the source, "n_target": classes of the target}. Deterministic (local generators).
+    """
+    if pair not in TRANSFER_PAIRS:
+        raise ValueError(f"unknown pair {pair!r}: choose one of {list(TRANSFER_PAIRS)}")
+    X, y, Xt, yt = load_mnist("5k")
+    if pair == "digits->parity":
+        source, (Xg, yg) = split_off_validation(X, y, 1000, seed=1)
+        return {"source": source, "source_test": (Xt, yt), "fit": (Xg[:100], yg[:100] % 2),
+                "val": (Xg[100:500], yg[100:500] % 2), "test": (Xt, yt % 2), "n_source": 10, "n_target": 2}
+    target = select_classes(X, y, range(5, 10))
+    fit, val = split_off_validation(*target, n_val=len(target[0]) // 5, seed=0)
+    return {"source": select_classes(X, y, range(5)), "source_test": select_classes(Xt, yt, range(5)),
+            "fit": fit, "val": val, "test": select_classes(Xt, yt, range(5, 10)), "n_source": 5, "n_target": 5}

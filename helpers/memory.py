@@ -145,3 +145,36 @@ def measure_training_memory(model: nn.Module, X: torch.Tensor, y: torch.Tensor, 
     out["total"] = sum(out[p] for p in PARTS)
     out["step_counters"] = tensor_bytes(steps)
     return out
+
+
+# LLaMA-2's feed-forward width (gate, up: d_model -> d_ffn; down: d_ffn -> d_model), for LoRA on all linear layers
+FFN_WIDTH = {"LLaMA-2 7B": 11008, "LLaMA-2 13B": 13824}
+
+
+def lora_params_all_linear(d_model: int, n_layers: int, d_ffn: int, r: int) -> int:
+    """LoRA parameters for rank-r adapters on every linear layer of a LLaMA-style block, QLoRA's recipe:
+    W_q, W_k, W_v, W_o (d_model x d_model each) and the gated MLP's gate, up (d_model -> d_ffn) and down
+    (d_ffn -> d_model); r·(d_in + d_out) per matrix. (Full multi-head attention; grouped-query k/v are smaller.)
+    LLaMA-2 7B at r = 64: 159,907,840."""
+    if min(d_model, n_layers, d_ffn, r) < 1:
+        raise ValueError(f"d_model, n_layers, d_ffn and r must all be >= 1; got d_model={d_model}, "
+                         f"n_layers={n_layers}, d_ffn={d_ffn}, r={r}")
+    return n_layers * r * (4 * 2 * d_model + 3 * (d_model + d_ffn))
+
+
+def activation_memory(d_model: int, n_layers: int, n_heads: int, seq_len: int, batch: int = 1,
+                      checkpointing: bool = False) -> float:
+    """Bytes of activations kept for the backward pass of a GPT-style transformer trained in 16-bit, from
+    Korthikanti et al. 2022 (arXiv:2205.05198, section 4.1, no tensor or sequence parallelism): per layer
+    s·b·h·(34 + 5·a·s/h) bytes for sequence length s, batch b, width h and a heads (attention scores included).
+    With gradient checkpointing every layer keeps only its 16-bit input (2·s·b·h bytes) and one layer's
+    activations are recomputed at a time, so the peak is L·2·s·b·h + s·b·h·(34 + 5·a·s/h).
+    An estimate: LLaMA's gated MLP and fused attention kernels change the constant, not the scaling."""
+    for name, v in (("d_model", d_model), ("n_layers", n_layers), ("n_heads", n_heads), ("seq_len", seq_len),
+                    ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {v!r}; e.g. seq_len=512, batch=1")
+    per_layer = seq_len * batch * d_model * (34 + 5 * n_heads * seq_len / d_model)
+    if checkpointing:
+        return n_layers * 2 * seq_len * batch * d_model + per_layer
+    return n_layers * per_layer

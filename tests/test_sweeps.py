@@ -30,3 +30,16 @@ def test_results_file_is_complete_and_matches_its_script(name):
     missing = [sweep.key(r) for r in planned if sweep.key(r) not in done]
     target = {"intrinsic_mlp": "make sweep-03", "lora_vs_subspace": "make sweep-04"}[name]
     assert not missing, f"{len(missing)} planned runs missing, e.g. {missing[:3]}: run {target}"
+
+
+def test_peft_motivation_results_are_complete_and_match_the_script():
+    sweep = script("peft_motivation")
+    stored = json.loads((ROOT / "sweeps" / "peft_motivation_results.json").read_text())
+    ours = {k: v for k, v in sweep.config().items() if k not in MACHINE_KEYS}
+    theirs = {k: v for k, v in stored["config"].items() if k not in MACHINE_KEYS}
+    assert json.loads(json.dumps(ours)) == theirs, "the script's settings changed since the results were made"
+    keys = [r["key"] for r in stored["runs"]]
+    assert len(keys) == len(set(keys)), "duplicate run keys"
+    missing = [sweep.key(*r) for r in sweep.plan() if sweep.key(*r) not in set(keys)]
+    assert not missing, f"{len(missing)} planned runs missing, e.g. {missing[:3]}: run make sweep-01"
+    assert set(stored["pretrained_source_acc"]) == set(sweep.TRANSFER_PAIRS)
