@@ -15,7 +15,9 @@ A *run* is one training: stage × task × start × method × size × seed (× lr
   of rank r on fc1 and fc2, α = 8, with the head and every bias trained in full: peft's modules_to_save=["head"]
   and bias="all"; all of them counted in its budget), "subspace" (Fastfood θ^(d) over all parameters,
   biases and head included, d = the budget of "lora" or of "lora_head" at the same rank, or the
-  intrinsic-dimension grid: ID_GRID, denser for parity, ID_GRID_PARITY).
+  intrinsic-dimension grid: ID_GRID, denser for parity, ID_GRID_PARITY). The subspace at LoRA + head's budget
+  is run for the digits only: on parity (a 2-way head) it exceeds the frozen-head budget by 600-800 parameters,
+  so the subspace at that slightly smaller budget is the (conservative) comparison.
 - stage "lr": each (task, start, method, size) tries the lrs of LR_GRID for one seed on a validation split
   carved from the task's training images (never the test set), training on the rest; the best validation
   accuracy picks the lr (ties: the smaller). When the best lr is the largest (or smallest) tried, the next
@@ -144,9 +146,10 @@ def families() -> list[dict]:
     for task, starts in budget_starts.items():  # LoRA with a trainable head and biases, and its matched budgets
         n_out = {"digits": 10, "parity": 2}[task]
         for start in starts:
-            fams += [{"task": task, "start": start, "method": "lora_head", "sizes": RANKS, "lr_at": None},
-                     {"task": task, "start": start, "method": "subspace",
-                      "sizes": tuple(lora_head_budget(r, n_out) for r in RANKS), "lr_at": None}]
+            fams.append({"task": task, "start": start, "method": "lora_head", "sizes": RANKS, "lr_at": None})
+            if task == "digits":  # parity's two-way head makes the two budgets differ by < 1,000: no runs of its own
+                fams.append({"task": task, "start": start, "method": "subspace",
+                             "sizes": tuple(lora_head_budget(r, n_out) for r in RANKS), "lr_at": None})
     for task in ("parity", "5-9"):
         for start in ("random", "pre-trained"):
             if task != "parity":
