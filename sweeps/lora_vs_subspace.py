@@ -16,7 +16,7 @@ A *run* is one training: stage × task × start × method × size × seed (× lr
   and bias="all"; all of them counted in its budget), "subspace" (Fastfood θ^(d) over all parameters,
   biases and head included, d = the budget of "lora" or of "lora_head" at the same rank, or the
   intrinsic-dimension grid: ID_GRID, denser for parity, ID_GRID_PARITY). The subspace at LoRA + head's budget
-  is run for the digits only: on parity (a 2-way head) it exceeds the frozen-head budget by 600-800 parameters,
+  is run for the digits only: on parity (a 2-way head) it exceeds the frozen-head budget by 400-600 parameters,
   so the subspace at that slightly smaller budget is the (conservative) comparison.
 - stage "lr": each (task, start, method, size) tries the lrs of LR_GRID for one seed on a validation split
   carved from the task's training images (never the test set), training on the rest; the best validation
@@ -36,6 +36,7 @@ import argparse
 import copy
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -260,21 +261,32 @@ def config() -> dict:
             "machine": platform.machine(), "threads": torch.get_num_threads()}
 
 
-def save(done: dict, meta: dict) -> None:
+def save(done: dict, meta: dict, path: Path = RESULTS) -> None:
     payload = {"config": config(), "pretrained": meta, "runs": sorted(done.values(), key=lambda r: r["key"])}
-    write_json(RESULTS, payload)
+    write_json(path, payload)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dry", action="store_true", help="print how many runs are planned and done, then stop")
+    parser.add_argument("--only", default="", help="a second worker: run only the final runs whose key matches this "
+                        "regex, writing to --out (the lr stage must be complete)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where a second worker writes its runs")
+    parser.add_argument("--merge", type=Path, help="add the runs of a second worker's file to the results, then stop "
+                        "(while no other worker is writing the results)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     done = {}
     if RESULTS.exists():
         done = {r["key"]: r for r in json.loads(RESULTS.read_text())["runs"]}
+    if args.merge:
+        other = json.loads(args.merge.read_text())
+        done.update({r["key"]: r for r in other["runs"]})
+        save(done, other["pretrained"])
+        print(f"merged: {len(done)} runs in {RESULTS.name}")
+        return
     data, sources = tasks()
-    lr_runs = [r for r in plan_lr() if key(r) not in done]
+    lr_runs = [r for r in plan_lr() if key(r) not in done] if not args.only else []
     print(f"lr stage: {len(plan_lr())} runs, {len(lr_runs)} to do", flush=True)
     if args.dry:
         return
@@ -283,23 +295,23 @@ def main() -> None:
     meta = {task: {"source_train_acc": evaluate(body, *sources[task][:2])} for task, body in pretrained.items()}
     for i, run in enumerate(lr_runs, 1):
         done[key(run)] = execute(run, data, pretrained)
-        save(done, meta)
+        save(done, meta, args.out)
         print(f"[{time.perf_counter() - t0:6.0f} s] lr {i}/{len(lr_runs)} {key(run)}: "
               f"val {done[key(run)]['val_acc']:.3f}", flush=True)
     while extra := [r for r in plan_extensions(done) if key(r) not in done]:
         for run in extra:  # the best lr was at an end of the tried range: one step further
             done[key(run)] = execute(run, data, pretrained)
-            save(done, meta)
+            save(done, meta, args.out)
             print(f"[{time.perf_counter() - t0:6.0f} s] lr (extended) {key(run)}: val {done[key(run)]['val_acc']:.3f}",
                   flush=True)
-    final = [r for r in plan_final(done) if key(r) not in done]
+    final = [r for r in plan_final(done) if key(r) not in done and re.search(args.only, key(r))]
     print(f"final stage: {len(final)} runs to do", flush=True)
     for i, run in enumerate(final, 1):
         done[key(run)] = execute(run, data, pretrained)
-        save(done, meta)
+        save(done, meta, args.out)
         print(f"[{time.perf_counter() - t0:6.0f} s] final {i}/{len(final)} {key(run)} lr={run['lr']:g}: "
               f"test {done[key(run)]['test_acc']:.3f}", flush=True)
-    save(done, meta)
+    save(done, meta, args.out)
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
