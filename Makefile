@@ -96,10 +96,10 @@ drift: $(STAMP) ## every notebook on this CPU's kernels and on the portable path
 sweep-01: $(STAMP) ## notebook 01's stored sweep (8 methods x 8 learning rates x 5 seeds on two pairs of tasks) into sweeps/peft_motivation_results.json: one thread, resumable (640 runs, about 15 minutes)
 	$(PY) sweeps/peft_motivation.py
 
-sweep-03: $(STAMP) ## notebook 03's stored sweep (lr choice, widths/depths, shuffled labels) into sweeps/intrinsic_mlp_results.json: one thread, resumable (about 20 minutes)
+sweep-03: $(STAMP) ## notebook 03's stored sweep (lr choice, d_int90 at 1k/2k/4k training images, widths/depths, shuffled labels) into sweeps/intrinsic_mlp_results.json: one thread, resumable (about 30 minutes on quiet cores: 445 runs; the 180 added for issue 21 took 40 min of wall time, about 12 min of CPU, on cores shared by a dozen processes)
 	$(PY) sweeps/intrinsic_mlp.py
 
-sweep-04: $(STAMP) ## notebook 04's stored sweep (matched budgets from a random and a pre-trained start, ID after pre-training) into sweeps/lora_vs_subspace_results.json: one thread, resumable (about 30 minutes)
+sweep-04: $(STAMP) ## notebook 04's stored sweep (matched budgets for LoRA with a trainable head, its frozen-head ablation and subspaces, from a random and a pre-trained start; ID after pre-training on a dense grid) into sweeps/lora_vs_subspace_results.json: one thread, resumable (about 45 minutes on quiet cores: 683 runs; the 244 added for issue 21 took 52 min of wall time, about 16 min of CPU, on shared cores; `--only` and `--merge` run a second worker)
 	$(PY) sweeps/lora_vs_subspace.py
 
 sweep-05: $(STAMP) ## notebook 05's full sweep (LoRA, SAID, full FT, probe; pre-trained and random) into sweeps/minilm_results.json: two one-thread workers, resumable (109 runs; measured in parts: 2 h 20 min for 70 on shared cores, 42 min for 39 on quiet ones)

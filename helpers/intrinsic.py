@@ -336,3 +336,45 @@ def toy_sweep(ds: Iterable[int], seeds: Iterable[int] = range(5), progress: bool
         bar.update(1)
     bar.close()
     return pd.DataFrame(rows)
+
+
+def power_law_extrapolation(n: Sequence[float], values: Sequence[Sequence[float]], at: float, *,
+                            n_boot: int = 2000, seed: int = 0) -> dict:
+    """Fit log(value) = a + b·log(n) to per-seed estimates and extrapolate to `at`, with a bootstrap over seeds.
+
+    n: the k sizes measured (e.g. training images, all > 0, at least two distinct); values: k sequences of
+    per-seed estimates (e.g. d_int90 per seed at each size; all finite and > 0). The fit is least squares on
+    the mean of log(value) at each size. The bootstrap resamples the seeds at each size independently (with
+    replacement, `n_boot` times, from a local generator seeded with `seed`) and refits. Returns dict: slope b,
+    intercept a, prediction exp(a + b·log(at)), slope_low / slope_high and pred_low / pred_high (5th / 95th
+    percentiles of the bootstrap), boot_slopes and boot_preds (numpy arrays). Extrapolating beyond the sizes
+    measured assumes the power law holds there: the interval covers seed noise only, not that assumption.
+    """
+    xs = np.asarray(n, dtype=float)
+    if xs.ndim != 1 or len(xs) < 2 or len(np.unique(xs)) < 2 or not np.all(xs > 0):
+        raise ValueError(f"n must be at least two distinct positive sizes, got {list(n)!r}: pass e.g. [1000, 2000, 4000]")
+    if len(values) != len(xs):
+        raise ValueError(f"values has {len(values)} entries for {len(xs)} sizes: pass one list of per-seed values per size")
+    groups = [np.asarray(v, dtype=float) for v in values]
+    if any(g.ndim != 1 or g.size == 0 or not np.all(np.isfinite(g) & (g > 0)) for g in groups):
+        raise ValueError("every size needs a non-empty list of finite, positive per-seed values (a seed that never "
+                         "reached the threshold has no estimate: drop that size or lower the threshold)")
+    if not (isinstance(at, (int, float)) and not isinstance(at, bool) and at > 0):
+        raise ValueError(f"at must be a positive size, got {at!r}: pass e.g. 60000")
+    check_int("n_boot", n_boot, 1, "n_boot=2000")
+    check_seed(seed)
+    lx = np.log(xs)
+
+    def fit(logs_per_size):
+        b, a = np.polyfit(lx, [g.mean() for g in logs_per_size], 1)
+        return b, a
+
+    logs = [np.log(g) for g in groups]
+    b, a = fit(logs)
+    rng = np.random.default_rng(seed)
+    boot = np.array([fit([g[rng.integers(0, len(g), len(g))] for g in logs]) for _ in range(n_boot)])
+    preds = np.exp(boot[:, 1] + boot[:, 0] * math.log(at))
+    return {"slope": float(b), "intercept": float(a), "prediction": float(math.exp(a + b * math.log(at))),
+            "slope_low": float(np.quantile(boot[:, 0], 0.05)), "slope_high": float(np.quantile(boot[:, 0], 0.95)),
+            "pred_low": float(np.quantile(preds, 0.05)), "pred_high": float(np.quantile(preds, 0.95)),
+            "boot_slopes": boot[:, 0], "boot_preds": preds}

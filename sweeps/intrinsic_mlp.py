@@ -14,6 +14,11 @@ A *run* is one training: stage × experiment × architecture/labels × d × seed
   is the largest (or smallest) tried, the next half-decade step beyond it is tried too (at most 3 per side).
 - stage "width_depth": for every architecture in ARCHS, direct training (the baseline) and Fastfood θ^(d) for
   d in WD_GRID, seeds 0-2, on all 4,000 training images; test accuracy.
+- stage "data_size": d_int90 against the number of training images N (N in DS_N; N < 4,000 a random subset
+  drawn with seed DS_SEED, nested: the 1,000 lie inside the 2,000): the 784-200-200-10 MLP, direct training
+  (the baseline) and Fastfood θ^(d) for d in DS_GRID, seeds 0-2, exactly the protocol of notebook 03's live
+  sweep (EPOCHS epochs, the chosen lrs, θ^(d)'s scaled as 1/√d), so N = 4,000 repeats that sweep; test accuracy
+  on the same 1,000 test images. Epochs are fixed, so the number of steps grows with N (as it would at 60,000).
 - stage "memorise": N training images (N in MEMO_N, a random subset drawn with seed 0) with their true labels
   or with the labels shuffled among them (seed 0), direct training (baseline) and θ^(d) for the d of
   MEMO_GRID, MEMO_EPOCHS epochs, seeds 0-2; the score is training accuracy (what memorising means). θ^(d)'s
@@ -56,7 +61,9 @@ ARCHS = {"784-50-50-10": (784, 50, 50, 10), "784-100-100-10": (784, 100, 100, 10
          "784-200-200-10": (784, 200, 200, 10), "784-400-400-10": (784, 400, 400, 10),
          "784-200-10": (784, 200, 10), "784-200-200-200-10": (784, 200, 200, 200, 10),
          "784-200-200-200-200-10": (784, 200, 200, 200, 200, 10)}
-WD_GRID = (150, 300, 600, 1200, 2400)
+WD_GRID = (150, 300, 450, 600, 850, 1200, 1700, 2400)  # 450, 850, 1,700 added: √2 steps around the crossings
+DS_N, DS_SEED = (1000, 2000, 4000), 0
+DS_GRID = (100, 150, 200, 300, 450, 600, 750, 1000, 1500, 2000, 3000, 4000)
 MEMO_N, MEMO_EPOCHS, MEMO_SEED = (250, 500, 1000), 100, 0
 MEMO_GRID = {"true": (25, 50, 100, 200, 400, 800), "shuffled": (250, 500, 1000, 2000, 4000, 8000)}
 MEMO_LRS, MEMO_LR_AT, MEMO_LR_SEED = (3e-2, 1e-1), {"true": (500, 100), "shuffled": (500, 1000)}, 100
@@ -71,6 +78,15 @@ def memorise_data(X: torch.Tensor, y: torch.Tensor, n: int, labels: str) -> tupl
     (_, _), (Xn, yn) = split_off_validation(X, y, n, seed=MEMO_SEED)
     if labels == "shuffled":
         yn = yn[torch.randperm(n, generator=torch.Generator().manual_seed(MEMO_SEED))]
+    return Xn, yn
+
+
+def data_subset(X: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data-size stage's n training images: all of them in their order if n = len(X), else n drawn with seed
+    DS_SEED (nested: a smaller n takes the first images of the same permutation)."""
+    if n == len(X):
+        return X, y
+    (_, _), (Xn, yn) = split_off_validation(X, y, n, seed=DS_SEED)
     return Xn, yn
 
 
@@ -142,6 +158,8 @@ def plan_extensions(done: dict) -> list[dict]:
 
 def plan_rest() -> list[dict]:
     runs = []
+    for n in DS_N:
+        runs += [{"stage": "data_size", "what": f"n/{n}", "d": d, "seed": s} for d in (0, *DS_GRID) for s in SEEDS]
     for arch in ARCHS:
         runs += [{"stage": "width_depth", "what": arch, "d": 0, "seed": s} for s in SEEDS]
         runs += [{"stage": "width_depth", "what": arch, "d": d, "seed": s} for d in WD_GRID for s in SEEDS]
@@ -174,6 +192,13 @@ def execute(run: dict, data: tuple, lrs: dict) -> dict:
         train(model, Xf, yf, epochs=BASE_EPOCHS if d == 0 else EPOCHS, lr=lr, batch_size=BATCH, seed=seed,
               progress=False)
         out = {"val_acc": evaluate(model, Xv, yv), "lr_used": lr}
+    elif run["stage"] == "data_size":
+        Xn, yn = data_subset(X, y, int(run["what"].split("/")[1]))
+        model = mlp(seed=seed) if d == 0 else SubspaceModel(mlp(seed=seed), d, projection="fastfood", seed=seed)
+        lr = lrs["direct"] if d == 0 else subspace_lr(lrs["subspace"], d, LR_REF_D)
+        train(model, Xn, yn, epochs=BASE_EPOCHS if d == 0 else EPOCHS, lr=lr, batch_size=BATCH, seed=seed,
+              progress=False)
+        out = {"test_acc": evaluate(model, Xt, yt), "train_acc": evaluate(model, Xn, yn), "lr": lr}
     else:
         net = mlp(ARCHS[run["what"]], seed=seed)
         model = net if d == 0 else SubspaceModel(net, d, projection="fastfood", seed=seed)
@@ -189,6 +214,7 @@ def config() -> dict:
     return {"epochs": EPOCHS, "base_epochs": BASE_EPOCHS, "batch_size": BATCH, "seeds": list(SEEDS),
             "base_lrs": list(BASE_LRS), "subspace_lrs": list(SUBSPACE_LRS), "lr_ds": list(LR_DS), "lr_ref_d": LR_REF_D, "n_val": N_VAL,
             "split_seed": SPLIT_SEED, "archs": {k: list(v) for k, v in ARCHS.items()}, "wd_grid": list(WD_GRID),
+            "ds_n": list(DS_N), "ds_seed": DS_SEED, "ds_grid": list(DS_GRID),
             "memo_n": list(MEMO_N), "memo_epochs": MEMO_EPOCHS, "memo_seed": MEMO_SEED,
             "memo_grid": {k: list(v) for k, v in MEMO_GRID.items()}, "memo_lrs": list(MEMO_LRS),
             "memo_lr_at": {k: list(v) for k, v in MEMO_LR_AT.items()}, "memo_lr_seed": MEMO_LR_SEED,

@@ -11,8 +11,13 @@ A *run* is one training: stage × task × start × method × size × seed (× lr
   20 epochs of Adam at 1e-3, with a fresh head).
 - methods: "full" (every parameter), "head" (the head alone, a linear probe), "lora" (adapters of rank r on
   fc1, fc2 and the head, the head's rank capped at its output width; α = 8 at every rank, scale α/r, as in
-  notebook 02 and the LoRA paper; W₀ and biases frozen), "subspace" (Fastfood θ^(d) over all parameters,
-  biases and head included, d = the LoRA budget of the same rank, or the intrinsic-dimension grid).
+  notebook 02 and the LoRA paper; W₀ and biases frozen: the ablation with a frozen head), "lora_head" (adapters
+  of rank r on fc1 and fc2, α = 8, with the head and every bias trained in full: peft's modules_to_save=["head"]
+  and bias="all"; all of them counted in its budget), "subspace" (Fastfood θ^(d) over all parameters,
+  biases and head included, d = the budget of "lora" or of "lora_head" at the same rank, or the
+  intrinsic-dimension grid: ID_GRID, denser for parity, ID_GRID_PARITY). The subspace at LoRA + head's budget
+  is run for the digits only: on parity (a 2-way head) it exceeds the frozen-head budget by 400-600 parameters,
+  so the subspace at that slightly smaller budget is the (conservative) comparison.
 - stage "lr": each (task, start, method, size) tries the lrs of LR_GRID for one seed on a validation split
   carved from the task's training images (never the test set), training on the rest; the best validation
   accuracy picks the lr (ties: the smaller). When the best lr is the largest (or smallest) tried, the next
@@ -31,6 +36,7 @@ import argparse
 import copy
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -51,8 +57,10 @@ RESULTS = ROOT / "sweeps" / "lora_vs_subspace_results.json"
 EPOCHS, BATCH, ALPHA, SEEDS = 10, 128, 8, (0, 1, 2)
 RANKS = (1, 2, 4, 8, 16, 32)
 ID_GRID, ID_LR_AT = (10, 25, 50, 100, 200, 400, 800), 100
+# parity's ID grid, denser (about √2 steps) so that no threshold rule's crossing falls between far-apart points
+ID_GRID_PARITY = (10, 15, 25, 35, 50, 70, 100, 150, 200, 300, 400, 600, 800, 1000, 1250, 1600, 2000, 2500, 3200)
 LR_GRID = {"full": (1e-4, 3e-4, 1e-3, 3e-3), "head": (1e-3, 3e-3, 1e-2, 3e-2),
-           "lora": (1e-3, 3e-3, 1e-2, 3e-2), "subspace": (3e-3, 1e-2, 3e-2, 1e-1)}
+           "lora": (1e-3, 3e-3, 1e-2, 3e-2), "lora_head": (1e-3, 3e-3, 1e-2, 3e-2), "subspace": (3e-3, 1e-2, 3e-2, 1e-1)}
 LR_LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)  # half-decade steps
 MAX_EXTEND = 3
 N_VAL = {"digits": 1000, "parity": 500, "5-9": 500}
@@ -94,6 +102,14 @@ def with_method(model: torch.nn.Module, method: str, size: int, seed: int, n_out
         model.requires_grad_(False)
         model.head.requires_grad_(True)
         return model
+    if method == "lora_head":
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # LoRA's A init is drawn from the global generator
+            add_lora(model, ["fc1", "fc2"], r=size, alpha=ALPHA)
+        model.head.requires_grad_(True)  # modules_to_save=["head"]
+        for layer in (model.fc1.base, model.fc2.base):  # bias="all"
+            layer.bias.requires_grad_(True)
+        return model
     if method == "lora":
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # LoRA's A init is drawn from the global generator
@@ -105,6 +121,11 @@ def with_method(model: torch.nn.Module, method: str, size: int, seed: int, n_out
 
 def lora_budget(r: int, n_out: int) -> int:
     return r * (784 + 200) + r * (200 + 200) + min(r, n_out) * (200 + n_out)
+
+
+def lora_head_budget(r: int, n_out: int) -> int:
+    """Adapters of rank r on fc1 and fc2, plus the whole head (weights and bias) and fc1's and fc2's biases."""
+    return r * (784 + 200) + r * (200 + 200) + (200 * n_out + n_out) + 200 + 200
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,11 +144,19 @@ def families() -> list[dict]:
                      {"task": task, "start": start, "method": "lora", "sizes": RANKS, "lr_at": None},
                      {"task": task, "start": start, "method": "subspace",
                       "sizes": tuple(lora_budget(r, n_out) for r in RANKS), "lr_at": None}]
+    for task, starts in budget_starts.items():  # LoRA with a trainable head and biases, and its matched budgets
+        n_out = {"digits": 10, "parity": 2}[task]
+        for start in starts:
+            fams.append({"task": task, "start": start, "method": "lora_head", "sizes": RANKS, "lr_at": None})
+            if task == "digits":  # parity's two-way head makes the two budgets differ by < 1,000: no runs of its own
+                fams.append({"task": task, "start": start, "method": "subspace",
+                             "sizes": tuple(lora_head_budget(r, n_out) for r in RANKS), "lr_at": None})
     for task in ("parity", "5-9"):
         for start in ("random", "pre-trained"):
             if task != "parity":
                 fams.append({"task": task, "start": start, "method": "full", "sizes": (0,), "lr_at": None})
-            fams.append({"task": task, "start": start, "method": "subspace", "sizes": ID_GRID, "lr_at": ID_LR_AT})
+            fams.append({"task": task, "start": start, "method": "subspace",
+                         "sizes": ID_GRID_PARITY if task == "parity" else ID_GRID, "lr_at": ID_LR_AT})
     return fams
 
 
@@ -210,7 +239,8 @@ def execute(run: dict, data: dict, pretrained: dict) -> dict:
         train(model, Xf, yf, epochs=EPOCHS, lr=run["lr"], batch_size=BATCH, seed=run["seed"], progress=False)
         out = {"val_acc": evaluate(model, Xv, yv)}
     else:
-        every = EVAL_EVERY[run["task"]] if run["method"] != "subspace" or run["size"] not in ID_GRID else None
+        id_grid = ID_GRID_PARITY if run["task"] == "parity" else ID_GRID
+        every = EVAL_EVERY[run["task"]] if run["method"] != "subspace" or run["size"] not in id_grid else None
         h = train(model, X, y, epochs=EPOCHS, lr=run["lr"], batch_size=BATCH, seed=run["seed"], progress=False,
                   eval_data=(Xt, yt), eval_every=every)
         out = {"test_acc": h["test_acc"][-1], "train_acc": evaluate(model, X, y), "curve_step": h["step"],
@@ -222,6 +252,7 @@ def execute(run: dict, data: dict, pretrained: dict) -> dict:
 def config() -> dict:
     return {"epochs": EPOCHS, "batch_size": BATCH, "lora_alpha": ALPHA, "lora_targets": ["fc1", "fc2", "head"],
             "seeds": list(SEEDS), "ranks": list(RANKS), "id_grid": list(ID_GRID), "id_lr_at": ID_LR_AT,
+            "id_grid_parity": list(ID_GRID_PARITY), "lora_head": {"targets": ["fc1", "fc2"], "modules_to_save": ["head"], "bias": "all"},
             "lr_grid": {m: list(v) for m, v in LR_GRID.items()}, "lr_ladder": list(LR_LADDER),
             "max_extend": MAX_EXTEND, "n_val": N_VAL, "eval_every": EVAL_EVERY,
             "split_seed": SPLIT_SEED, "pool_seed": POOL_SEED, "pretrain": PRETRAIN,
@@ -230,21 +261,32 @@ def config() -> dict:
             "machine": platform.machine(), "threads": torch.get_num_threads()}
 
 
-def save(done: dict, meta: dict) -> None:
+def save(done: dict, meta: dict, path: Path = RESULTS) -> None:
     payload = {"config": config(), "pretrained": meta, "runs": sorted(done.values(), key=lambda r: r["key"])}
-    write_json(RESULTS, payload)
+    write_json(path, payload)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dry", action="store_true", help="print how many runs are planned and done, then stop")
+    parser.add_argument("--only", default="", help="a second worker: run only the final runs whose key matches this "
+                        "regex, writing to --out (the lr stage must be complete)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where a second worker writes its runs")
+    parser.add_argument("--merge", type=Path, help="add the runs of a second worker's file to the results, then stop "
+                        "(while no other worker is writing the results)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     done = {}
     if RESULTS.exists():
         done = {r["key"]: r for r in json.loads(RESULTS.read_text())["runs"]}
+    if args.merge:
+        other = json.loads(args.merge.read_text())
+        done.update({r["key"]: r for r in other["runs"]})
+        save(done, other["pretrained"])
+        print(f"merged: {len(done)} runs in {RESULTS.name}")
+        return
     data, sources = tasks()
-    lr_runs = [r for r in plan_lr() if key(r) not in done]
+    lr_runs = [r for r in plan_lr() if key(r) not in done] if not args.only else []
     print(f"lr stage: {len(plan_lr())} runs, {len(lr_runs)} to do", flush=True)
     if args.dry:
         return
@@ -253,23 +295,23 @@ def main() -> None:
     meta = {task: {"source_train_acc": evaluate(body, *sources[task][:2])} for task, body in pretrained.items()}
     for i, run in enumerate(lr_runs, 1):
         done[key(run)] = execute(run, data, pretrained)
-        save(done, meta)
+        save(done, meta, args.out)
         print(f"[{time.perf_counter() - t0:6.0f} s] lr {i}/{len(lr_runs)} {key(run)}: "
               f"val {done[key(run)]['val_acc']:.3f}", flush=True)
     while extra := [r for r in plan_extensions(done) if key(r) not in done]:
         for run in extra:  # the best lr was at an end of the tried range: one step further
             done[key(run)] = execute(run, data, pretrained)
-            save(done, meta)
+            save(done, meta, args.out)
             print(f"[{time.perf_counter() - t0:6.0f} s] lr (extended) {key(run)}: val {done[key(run)]['val_acc']:.3f}",
                   flush=True)
-    final = [r for r in plan_final(done) if key(r) not in done]
+    final = [r for r in plan_final(done) if key(r) not in done and re.search(args.only, key(r))]
     print(f"final stage: {len(final)} runs to do", flush=True)
     for i, run in enumerate(final, 1):
         done[key(run)] = execute(run, data, pretrained)
-        save(done, meta)
+        save(done, meta, args.out)
         print(f"[{time.perf_counter() - t0:6.0f} s] final {i}/{len(final)} {key(run)} lr={run['lr']:g}: "
               f"test {done[key(run)]['test_acc']:.3f}", flush=True)
-    save(done, meta)
+    save(done, meta, args.out)
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
