@@ -4,9 +4,11 @@ Same data, batch, optimiser, validation split and learning-rate protocol as swee
 results give the learning rates of the families it already ran); every run here is new. In the order a single
 worker takes them (the priorities of issue 21), so an interrupted sweep leaves a coherent prefix:
 
-1. "headsub": a random subspace over the head alone (`SubspaceModel(..., exclude=("encoder",))`, D = 2,310, the
-   encoder frozen but run in training mode exactly as in the SAID runs, dropout included), its own lr stage at
-   d = 1,000, then d = 250, 1,000, 2,310 (= D) x 3 seeds; later 500 and 1,500.
+1. "headsub": a random subspace over the head alone (D = 2,310; the encoder frozen but in training mode, dropout
+   on, as in the SAID runs), its own lr stage at d = 1,000, then d = 100 ... 2,310 (= D) x 3 seeds. The encoder's
+   outputs are computed once per seed and data split (helpers.text.training_embeddings: the same batches and
+   dropout masks as train() draws with the encoder in the loop; tests/test_minilm_controls.py checks the replay
+   is exact), so a run costs seconds.
 2. "said", pre-trained, a denser grid: d = 500 and 2,000 (x 3 seeds); then
 3. "full", pre-trained, seeds 3 and 4: more anchors for the target (sweeps/minilm.py has seeds 0-2); then SAID at
    d = 700, 1,400, 2,800.
@@ -24,6 +26,7 @@ finished points. `touch sweeps/minilm_controls_results.stop` stops the worker be
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -47,6 +50,7 @@ HEAD_D = 384 * 6 + 6  # 2,310: the whole head
 LR_GRID = {("headsub", "pre-trained"): (3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
            ("said_tensor", "pre-trained"): (3e-3, 1e-2, 3e-2)}
 LR_SIZE = {"headsub": 1000, "said_tensor": 1000}
+HEADSUB_DIMS = (100, 250, 500, 700, 1000, 1400, 2000, HEAD_D)
 LR_REF_D = 1000  # said_lrd: θ's lr is SAID's chosen lr at d = 1,000, scaled by √(1000 / d)
 
 
@@ -95,10 +99,9 @@ def plan(points: list[dict], lrs_base: dict | None = None) -> list[dict]:
         return [dict(stage="grid", method=method, weights=weights, size=d, seed=s, steps=steps)
                 for d in sizes for s in seeds]
 
-    out = (lr_stage("headsub") + grid("headsub", "pre-trained", (250, 1000, HEAD_D))
+    out = (lr_stage("headsub") + grid("headsub", "pre-trained", HEADSUB_DIMS)
            + grid("said", "pre-trained", (500, 2000)) + grid("full", "pre-trained", (0,), seeds=(3, 4))
            + grid("said", "pre-trained", (700, 1400, 2800))
-           + grid("headsub", "pre-trained", (500, 1500))
            + lr_stage("said_tensor") + grid("said_tensor", "pre-trained", (1000,))
            + grid("full", "random", (0,), steps=LONG_STEPS) + grid("said", "random", (4000,), steps=LONG_STEPS)
            + grid("said_lrd", "pre-trained", (250, 4000)) + grid("said", "pre-trained", (6000,)))
@@ -122,9 +125,6 @@ def build(p: dict, encoder):
     if m in ("full", "said", "said_lrd"):
         return base.build(dict(p, method="said" if m == "said_lrd" else m), encoder)
     clf = SentenceClassifier(encoder, 6, seed=p["seed"])
-    if m == "headsub":
-        model = SubspaceModel(clf, p["size"], "fastfood", seed=p["seed"], exclude=("encoder",))
-        return model, None, model.d, model.D
     if m == "said_tensor":
         model = SubspaceModel(clf, p["size"], "fastfood_tensorwise", seed=p["seed"], exclude=SAID_EXCLUDE,
                               said=True, compact=True)
@@ -132,18 +132,49 @@ def build(p: dict, encoder):
     raise ValueError(f"unknown method {m!r}")
 
 
+_CACHE: dict = {}
+
+
+def head_features(p: dict, data: dict) -> tuple:
+    """Training-mode embeddings (as train draws them for this seed and length) and eval-mode ones, batch by batch
+    as `evaluate` makes them: what the head sees in a frozen-encoder run, computed once per (split, seed, steps)."""
+    from helpers.text import SentenceClassifier, load_minilm, training_embeddings
+    lr_stage = p["stage"] == "lr"
+    k = (lr_stage, p["seed"], p["steps"], p["weights"])
+    if k not in _CACHE:
+        _CACHE.clear()
+        encoder, _ = load_minilm(random_weights=p["weights"] == "random", seed=p["seed"])
+        clf = SentenceClassifier(encoder, 6, seed=p["seed"])
+        X, y = data["fit" if lr_stage else "train"]
+        X_eval, y_eval = data["val" if lr_stage else "test"]
+        E = training_embeddings(clf, X, steps=p["steps"], batch_size=base.BATCH, seed=p["seed"])
+        clf.eval()
+        with torch.no_grad():
+            E_eval = torch.cat([clf.embeddings(X_eval[i:i + base.EVAL_BATCH])
+                                for i in range(0, len(X_eval), base.EVAL_BATCH)])
+        _CACHE[k] = (E, y, E_eval, y_eval, clf.head)
+    return _CACHE[k]
+
+
 def run_point(p: dict, data: dict) -> dict:
+    from helpers.subspace import SubspaceModel
     from helpers.text import load_minilm
     from helpers.training import TrainingDiverged, train
     t0, cpu0 = time.perf_counter(), time.process_time()
-    encoder, _ = load_minilm(random_weights=p["weights"] == "random", seed=p["seed"])
-    model, lr_for, trainable, D = build(p, encoder)
     lr_stage = p["stage"] == "lr"
-    X, y = data["fit" if lr_stage else "train"]
+    if p["method"] == "headsub":
+        X, y, X_eval, y_eval, head = head_features(p, data)
+        model = SubspaceModel(copy.deepcopy(head), p["size"], "fastfood", seed=p["seed"])
+        lr_for, trainable, D = None, model.d, model.D
+    else:
+        encoder, _ = load_minilm(random_weights=p["weights"] == "random", seed=p["seed"])
+        model, lr_for, trainable, D = build(p, encoder)
+        X, y = data["fit" if lr_stage else "train"]
+        X_eval, y_eval = data["val" if lr_stage else "test"]
     out = {"trainable": trainable, "D": D}
     try:
         h = train(model, X, y, steps=p["steps"], lr=p["lr"], lr_for=lr_for, batch_size=base.BATCH, seed=p["seed"],
-                  eval_data=data["val" if lr_stage else "test"], eval_every=p["steps"],
+                  eval_data=(X_eval, y_eval), eval_every=p["steps"],
                   eval_batch_size=base.EVAL_BATCH, progress=False)
     except TrainingDiverged as e:
         out.update(diverged=str(e), val_acc=None, final_acc=None, wall_seconds=time.perf_counter() - t0)

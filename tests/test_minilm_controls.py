@@ -102,3 +102,28 @@ def test_said_with_tensorwise_projection_matches_the_explicit_formula():
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(b.abs().max())))
     torch.testing.assert_close(sub.flat_params().detach(), sub.theta0 + lam.detach() * (P @ sub.theta_d.detach()))
+
+
+def test_training_embeddings_replay_the_frozen_encoder_run_exactly():
+    """A head-only subspace trained on cached training-mode embeddings is the run with the encoder in the loop:
+    same batches, same dropout masks, same losses and the same θ^(d)."""
+    from helpers.data import load_trec6
+    from helpers.text import SentenceClassifier, load_minilm, training_embeddings
+    from helpers.training import train
+    texts, y, *_ = load_trec6()
+    encoder, tok = load_minilm()
+    X, y = tok.features(texts[:48]), y[:48]
+    kw = dict(steps=6, batch_size=8, seed=3)
+    state = torch.random.get_rng_state()
+    clf = SentenceClassifier(encoder, 6, seed=3).eval()
+    E = training_embeddings(clf, X, **kw)
+    assert torch.equal(torch.random.get_rng_state(), state) and not clf.training  # RNG and mode as they were
+    assert int((E.abs().sum(1) > 0).sum()) == 48  # 6 steps x 8 rows: every row drawn once
+    full = SubspaceModel(clf, 100, "fastfood", seed=3, exclude=("encoder",))
+    h_full = train(full, X, y, lr=0.03, progress=False, **kw)
+    head = SubspaceModel(SentenceClassifier(encoder, 6, seed=3).head, 100, "fastfood", seed=3)
+    h_head = train(head, E, y, lr=0.03, progress=False, **kw)
+    assert h_full["loss"] == pytest.approx(h_head["loss"], rel=1e-6)
+    torch.testing.assert_close(full.theta_d, head.theta_d, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="drawn twice"):
+        training_embeddings(clf, X, steps=7, batch_size=8, seed=0)
