@@ -9,17 +9,17 @@ worker takes them (the priorities of issue 21), so an interrupted sweep leaves a
    outputs are computed once per seed and data split (helpers.text.training_embeddings: the same batches and
    dropout masks as train() draws with the encoder in the loop; tests/test_minilm_controls.py checks the replay
    is exact), so a run costs seconds.
-2. "said", pre-trained, a denser grid: d = 500 and 2,000 (x 3 seeds); then
-3. "full", pre-trained, seeds 3 and 4: more anchors for the target (sweeps/minilm.py has seeds 0-2); then SAID at
-   d = 700, 1,400, 2,800.
-4. "said_tensor": SAID with the public implementations' projection (`projection="fastfood_tensorwise"`: an
+2. "said", pre-trained, a denser grid: d = 500 and 2,000 (x 3 seeds), halving the grid's 4x steps.
+3. "said_tensor": SAID with the public implementations' projection (`projection="fastfood_tensorwise"`: an
    independent Fastfood per parameter tensor, each tensor's share of a column of norm ~1, one λ per tensor, no
    head rescaling; word embeddings and pooler still excluded), its own lr stage at d = 1,000, then d = 1,000 x 3.
+4. "full", pre-trained, seeds 3 and 4: more anchors for the target (sweeps/minilm.py has seeds 0-2); then SAID at
+   d = 700, 1,400, 2,800.
 5. Random weights with 3x the steps (600): full fine-tuning and SAID at d = 4,000 (x 3 seeds).
 6. "said_lrd": SAID with θ's lr scaled per d (helpers.intrinsic.subspace_lr(lr, d, 1000)) at d = 250 and 4,000.
 7. "said" at d = 6,000.
 
-Test accuracy (1,000 questions) is measured once, after the last step (`final_acc`). Results go to
+Test accuracy (1,000 questions) is measured after the last step (`final_acc`), and for "said_tensor" every 50 steps. Results go to
 sweeps/minilm_controls_results.json, rewritten atomically after every run (sweeps/_results.py); a rerun skips
 finished points. `touch sweeps/minilm_controls_results.stop` stops the worker before its next point.
 """
@@ -100,9 +100,9 @@ def plan(points: list[dict], lrs_base: dict | None = None) -> list[dict]:
                 for d in sizes for s in seeds]
 
     out = (lr_stage("headsub") + grid("headsub", "pre-trained", HEADSUB_DIMS)
-           + grid("said", "pre-trained", (500, 2000)) + grid("full", "pre-trained", (0,), seeds=(3, 4))
-           + grid("said", "pre-trained", (700, 1400, 2800))
+           + grid("said", "pre-trained", (500, 2000))
            + lr_stage("said_tensor") + grid("said_tensor", "pre-trained", (1000,))
+           + grid("full", "pre-trained", (0,), seeds=(3, 4)) + grid("said", "pre-trained", (700, 1400, 2800))
            + grid("full", "random", (0,), steps=LONG_STEPS) + grid("said", "random", (4000,), steps=LONG_STEPS)
            + grid("said_lrd", "pre-trained", (250, 4000)) + grid("said", "pre-trained", (6000,)))
     for p in out:
@@ -172,9 +172,11 @@ def run_point(p: dict, data: dict) -> dict:
         X, y = data["fit" if lr_stage else "train"]
         X_eval, y_eval = data["val" if lr_stage else "test"]
     out = {"trainable": trainable, "D": D}
+    # the per-tensor runs are also scored every 50 steps, so the notebook can re-run their first 50 live
+    every = base.EVAL_EVERY if p["method"] == "said_tensor" and not lr_stage else p["steps"]
     try:
         h = train(model, X, y, steps=p["steps"], lr=p["lr"], lr_for=lr_for, batch_size=base.BATCH, seed=p["seed"],
-                  eval_data=(X_eval, y_eval), eval_every=p["steps"],
+                  eval_data=(X_eval, y_eval), eval_every=every,
                   eval_batch_size=base.EVAL_BATCH, progress=False)
     except TrainingDiverged as e:
         out.update(diverged=str(e), val_acc=None, final_acc=None, wall_seconds=time.perf_counter() - t0)
@@ -183,6 +185,8 @@ def run_point(p: dict, data: dict) -> dict:
     out.update({"val_acc" if lr_stage else "final_acc": acc, "train_seconds": h["seconds"][-1], "loss": h["loss"][-1],
                 "s_per_step": h["seconds"][-1] / p["steps"], "wall_seconds": time.perf_counter() - t0,
                 "cpu_seconds": time.process_time() - cpu0})
+    if every < p["steps"]:
+        out.update(eval_steps=h["step"], acc=h["test_acc"])
     if getattr(model, "said", False):
         out["lambdas"] = dict(zip(model.blocks, model.lambdas.detach().tolist()))
     return out

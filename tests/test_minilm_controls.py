@@ -30,7 +30,8 @@ def test_plan_order_keys_and_learning_rates(sweep):
     keys = [sweep.key(p) for p in plan]
     assert len(keys) == len(set(keys))
     assert keys[0].startswith("lr/headsub/")  # the cheap control first, the random model's long runs late
-    assert keys.index("grid/headsub/pre-trained/2310/2") < keys.index("grid/said/pre-trained/500/0")
+    assert keys.index("grid/headsub/pre-trained/2310/2") < keys.index("grid/said/pre-trained/500/0") < keys.index(
+        "grid/said_tensor/pre-trained/1000/0")
     assert "grid/said/random/4000/0/steps=600" in keys and "grid/full/random/0/2/steps=600" in keys
     by_key = {sweep.key(p): p for p in plan}
     assert by_key["grid/headsub/pre-trained/250/0"]["lr"] is None  # waits for its own lr stage
