@@ -502,7 +502,7 @@ class TensorwiseFastfoodProjection(_Projection):
     about √(number of tensors), and a 6-weight bias moves as much per unit of θ^(d) as a 147k-weight matrix.
     (`FastfoodProjection` is one transform over all D: a tensor's share of a column has norm ≈ √(D_t / D).)
 
-    `sizes`: the tensors' element counts, in order, summing to D (`SubspaceModel(..., "fastfood_tensorwise")`
+    `sizes`: the tensors' element counts, in order, summing to D (`SubspaceModel(..., "fastfood", per_tensor=True)`
     passes them). Tensor t's transform is drawn from its own seed (taken from a generator seeded with `seed`);
     `compact` as in FastfoodProjection. Cost: about one Fastfood over D, plus a block of L >= d rows for each
     tensor smaller than d.
@@ -551,8 +551,7 @@ class TensorwiseFastfoodProjection(_Projection):
         return sum(part._apply_VT(g[lo:hi]) for lo, hi, part in self._bounds())
 
 
-PROJECTIONS = {"dense": DenseProjection, "sparse": SparseProjection, "fastfood": FastfoodProjection,
-               "fastfood_tensorwise": TensorwiseFastfoodProjection}
+PROJECTIONS = {"dense": DenseProjection, "sparse": SparseProjection, "fastfood": FastfoodProjection}
 
 
 def _runs(numels: list[int], factors: list[float]) -> list[tuple[int, int, float]]:
@@ -659,7 +658,7 @@ class SubspaceModel(nn.Module):
       parameters are never used or changed by forward, and are kept out of `parameters()`.
     - forward: builds every parameter tensor as a view of θ0 + P θ^(d) and runs the wrapped model with
       them through `torch.func.functional_call`.
-    `projection` is "dense", "sparse", "fastfood" or "fastfood_tensorwise" (an independent Fastfood per projected
+    `projection` is "dense", "sparse" or "fastfood" (with `per_tensor=True`: an independent Fastfood per projected
     tensor, `TensorwiseFastfoodProjection`, as Aghajanyan et al.'s code); `projection_kwargs` go to its constructor (e.g.
     max_bytes for dense and sparse, compact for fastfood). P is drawn in float32 from `seed` and stored in
     the model's dtype (float32 or float64; all parameters must share one floating dtype).
@@ -742,9 +741,13 @@ class SubspaceModel(nn.Module):
                              f"per block; use d > {m} (or fewer blocks via groups=)")
         dtype = named[0][1].dtype
         d_proj = d - m if said else d
-        if projection == "fastfood_tensorwise":  # one transform per projected tensor: it needs their sizes
-            projection_kwargs = {"sizes": self._numels, **projection_kwargs}
-        self.projection = PROJECTIONS[projection](D, d_proj, seed=seed, **projection_kwargs).to(dtype)
+        cls, per_tensor = PROJECTIONS[projection], projection_kwargs.pop("per_tensor", False)
+        if per_tensor is not False:  # one Fastfood per projected tensor (TensorwiseFastfoodProjection): it needs their sizes
+            if per_tensor is not True or projection != "fastfood":
+                raise ValueError(f"per_tensor={per_tensor!r} with projection={projection!r}: per_tensor=True is a Fastfood "
+                                 "option; pass projection='fastfood', per_tensor=True (or drop per_tensor)")
+            cls, projection_kwargs = TensorwiseFastfoodProjection, {"sizes": self._numels, **projection_kwargs}
+        self.projection = cls(D, d_proj, seed=seed, **projection_kwargs).to(dtype)
         self.D, self.projection_name = self.projection.D, projection
         self.d = self.projection.d + m
         self.theta_d = nn.Parameter(torch.zeros(self.projection.d, dtype=dtype))

@@ -9,12 +9,13 @@ worker takes them (the priorities of issue 21), so an interrupted sweep leaves a
    outputs are computed once per seed and data split (helpers.text.training_embeddings: the same batches and
    dropout masks as train() draws with the encoder in the loop; tests/test_minilm_controls.py checks the replay
    is exact), so a run costs seconds.
-2. "said", pre-trained, a denser grid: d = 500 and 2,000 (x 3 seeds), halving the grid's 4x steps.
-3. "said_tensor": SAID with the public implementations' projection (`projection="fastfood_tensorwise"`: an
+2. "said", pre-trained, a denser grid: d = 700 and 2,000 (x 3 seeds), beside the crossings the old grid's 4x steps
+   left between 250 and 1,000 and between 1,000 and 4,000.
+3. "said_tensor": SAID with the public implementations' projection (`SubspaceModel(..., "fastfood", per_tensor=True)`: an
    independent Fastfood per parameter tensor, each tensor's share of a column of norm ~1, one λ per tensor, no
    head rescaling; word embeddings and pooler still excluded), its own lr stage at d = 1,000, then d = 1,000 x 3.
 4. "full", pre-trained, seeds 3 and 4: more anchors for the target (sweeps/minilm.py has seeds 0-2); then SAID at
-   d = 700, 1,400, 2,800.
+   d = 500, 1,400, 2,800.
 5. Random weights with 3x the steps (600): full fine-tuning and SAID at d = 4,000 (x 3 seeds).
 6. "said_lrd": SAID with θ's lr scaled per d (helpers.intrinsic.subspace_lr(lr, d, 1000)) at d = 250 and 4,000.
 7. "said" at d = 6,000.
@@ -100,9 +101,9 @@ def plan(points: list[dict], lrs_base: dict | None = None) -> list[dict]:
                 for d in sizes for s in seeds]
 
     out = (lr_stage("headsub") + grid("headsub", "pre-trained", HEADSUB_DIMS)
-           + grid("said", "pre-trained", (500, 2000))
+           + grid("said", "pre-trained", (700, 2000))
            + lr_stage("said_tensor") + grid("said_tensor", "pre-trained", (1000,))
-           + grid("full", "pre-trained", (0,), seeds=(3, 4)) + grid("said", "pre-trained", (700, 1400, 2800))
+           + grid("full", "pre-trained", (0,), seeds=(3, 4)) + grid("said", "pre-trained", (500, 1400, 2800))
            + grid("full", "random", (0,), steps=LONG_STEPS) + grid("said", "random", (4000,), steps=LONG_STEPS)
            + grid("said_lrd", "pre-trained", (250, 4000)) + grid("said", "pre-trained", (6000,)))
     for p in out:
@@ -126,8 +127,8 @@ def build(p: dict, encoder):
         return base.build(dict(p, method="said" if m == "said_lrd" else m), encoder)
     clf = SentenceClassifier(encoder, 6, seed=p["seed"])
     if m == "said_tensor":
-        model = SubspaceModel(clf, p["size"], "fastfood_tensorwise", seed=p["seed"], exclude=SAID_EXCLUDE,
-                              said=True, compact=True)
+        model = SubspaceModel(clf, p["size"], "fastfood", seed=p["seed"], exclude=SAID_EXCLUDE, said=True,
+                              compact=True, per_tensor=True)
         return model, {"lambdas": base.LAMBDA_LR}, model.d, model.D
     raise ValueError(f"unknown method {m!r}")
 
@@ -142,7 +143,6 @@ def head_features(p: dict, data: dict) -> tuple:
     lr_stage = p["stage"] == "lr"
     k = (lr_stage, p["seed"], p["steps"], p["weights"])
     if k not in _CACHE:
-        _CACHE.clear()
         encoder, _ = load_minilm(random_weights=p["weights"] == "random", seed=p["seed"])
         clf = SentenceClassifier(encoder, 6, seed=p["seed"])
         X, y = data["fit" if lr_stage else "train"]

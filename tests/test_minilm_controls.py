@@ -30,7 +30,7 @@ def test_plan_order_keys_and_learning_rates(sweep):
     keys = [sweep.key(p) for p in plan]
     assert len(keys) == len(set(keys))
     assert keys[0].startswith("lr/headsub/")  # the cheap control first, the random model's long runs late
-    assert keys.index("grid/headsub/pre-trained/2310/2") < keys.index("grid/said/pre-trained/500/0") < keys.index(
+    assert keys.index("grid/headsub/pre-trained/2310/2") < keys.index("grid/said/pre-trained/700/0") < keys.index(
         "grid/said_tensor/pre-trained/1000/0")
     assert "grid/said/random/4000/0/steps=600" in keys and "grid/full/random/0/2/steps=600" in keys
     by_key = {sweep.key(p): p for p in plan}
@@ -83,7 +83,7 @@ def test_tensorwise_fastfood_gives_each_tensor_a_unit_norm_share():
 
 def test_said_with_tensorwise_projection_matches_the_explicit_formula():
     net = nn.Sequential(nn.Linear(7, 13), nn.Tanh(), nn.Linear(13, 3))
-    sub = SubspaceModel(net, 40, "fastfood_tensorwise", seed=3, said=True)  # one λ per tensor: 4
+    sub = SubspaceModel(net, 40, "fastfood", seed=3, said=True, per_tensor=True)  # one λ per tensor: 4
     assert len(sub.blocks) == 4 and sub.d == 40 and sub.projection.sizes == [91, 13, 39, 3]
     with torch.no_grad():
         sub.theta_d.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
@@ -128,3 +128,15 @@ def test_training_embeddings_replay_the_frozen_encoder_run_exactly():
     torch.testing.assert_close(full.theta_d, head.theta_d, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="drawn twice"):
         training_embeddings(clf, X, steps=7, batch_size=8, seed=0)
+
+
+def test_per_tensor_is_a_fastfood_option_validated_before_anything_is_built():
+    net = nn.Sequential(nn.Linear(7, 13), nn.Tanh(), nn.Linear(13, 3))
+    before = [p.detach().clone() for p in net.parameters()]
+    for bad, match in [(dict(projection="dense", per_tensor=True), "Fastfood option"),
+                       (dict(projection="fastfood", per_tensor="yes"), "per_tensor='yes'")]:
+        with pytest.raises(ValueError, match=match):
+            SubspaceModel(net, 20, seed=0, **bad)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    plain = SubspaceModel(net, 20, "fastfood", seed=0, per_tensor=False)
+    assert not isinstance(plain.projection, TensorwiseFastfoodProjection)
