@@ -261,7 +261,7 @@ SWEEP_RESULTS = {"intrinsic_mlp": ("03", "make sweep-03", "about 20 minutes", {"
                  "lora_vs_subspace": ("04", "make sweep-04", "about 30 minutes", {"key"}),
                  "minilm": ("05", "make sweep-05", "2-3 hours",
                             {"key", "stage", "method", "weights", "size", "seed", "lr"}),
-                 "minilm_controls": ("05", "make sweep-05-controls", "RUNTIME",
+                 "minilm_controls": ("05", "make sweep-05-controls", "about 1 h 40 min (one worker, estimated)",
                                      {"key", "stage", "method", "weights", "size", "seed", "lr", "steps"})}
 
 
