@@ -105,5 +105,9 @@ sweep-04: $(STAMP) ## notebook 04's stored sweep (matched budgets for LoRA with 
 sweep-05: $(STAMP) ## notebook 05's full sweep (LoRA, SAID, full FT, probe; pre-trained and random) into sweeps/minilm_results.json: two one-thread workers, resumable (109 runs; measured in parts: 2 h 20 min for 70 on shared cores, 42 min for 39 on quiet ones)
 	$(PY) sweeps/minilm.py --workers 2
 
+.PHONY: sweep-05-controls
+sweep-05-controls: $(STAMP) ## notebook 05's controls (head-only subspace, denser SAID grid, more full-FT seeds, per-tensor SAID, random weights at 3x steps) into sweeps/minilm_controls_results.json: one one-thread worker, resumable, in priority order (the whole plan: about 1 h 40 min of CPU on one quiet core, estimated from the finished runs; a 200-step SAID run is about 2 min of CPU)
+	$(PY) sweeps/minilm_controls.py
+
 clean: ## remove .venv, caches and saved adapters (notebooks and data stay)
 	rm -rf $(VENV) .pytest_cache adapters helpers/__pycache__ tests/__pycache__ *.egg-info

@@ -290,7 +290,9 @@ SWEEP_RESULTS = {"intrinsic_mlp": ("03", "make sweep-03", "about 20 minutes", {"
                  "peft_motivation": ("01", "make sweep-01", "about 15 minutes",
                                      {"key", "pair", "method", "lr", "seed", "val_acc", "target_acc", "source_acc"}),
                  "minilm": ("05", "make sweep-05", "2-3 hours",
-                            {"key", "stage", "method", "weights", "size", "seed", "lr"})}
+                            {"key", "stage", "method", "weights", "size", "seed", "lr"}),
+                 "minilm_controls": ("05", "make sweep-05-controls", "about 1 h 40 min (one worker, estimated)",
+                                     {"key", "stage", "method", "weights", "size", "seed", "lr", "steps"})}
 
 
 def load_sweep_results(name: str, path: str | Path | None = None) -> dict:

@@ -486,6 +486,74 @@ class FastfoodProjection(_Projection):
         return delta if base is None else base + delta
 
 
+class _FastfoodPart(FastfoodProjection):
+    """A Fastfood block for one tensor of D rows; unlike FastfoodProjection it allows d > D (a 384-element bias in a
+    1,000-dimensional subspace): it draws one block of L >= d rows, keeps the first D and rescales G so the expected
+    squared column norm is still 1."""
+
+    def __init__(self, D: int, d: int, seed: int, compact: bool):
+        super().__init__(max(D, d), d, seed, compact)
+        if D < d:
+            self.G.mul_(math.sqrt(d / D))
+            self.D = D
+
+
+class TensorwiseFastfoodProjection(_Projection):
+    """An independent Fastfood P_t for every parameter tensor t, stacked: P = [P_1; P_2; ...], the layout of
+    Aghajanyan et al.'s SAID code and its PyTorch re-implementations (one transform per tensor, normalised to that
+    tensor's size). Each tensor's share of every column has expected squared norm 1, so a whole column has norm
+    about √(number of tensors), and a 6-weight bias moves as much per unit of θ^(d) as a 147k-weight matrix.
+    (`FastfoodProjection` is one transform over all D: a tensor's share of a column has norm ≈ √(D_t / D).)
+
+    `sizes`: the tensors' element counts, in order, summing to D (`SubspaceModel(..., "fastfood", per_tensor=True)`
+    passes them). Tensor t's transform is drawn from its own seed (taken from a generator seeded with `seed`);
+    `compact` as in FastfoodProjection. Cost: about one Fastfood over D, plus a block of L >= d rows for each
+    tensor smaller than d.
+    """
+
+    def __init__(self, D: int, d: int, seed: int = 0, sizes=None, compact: bool = False):
+        super().__init__(D, d, seed)
+        if sizes is None or isinstance(sizes, (str, bytes)):
+            raise ValueError(f"sizes must list the parameter tensors' element counts (summing to D={self.D}), got "
+                             f"{sizes!r}: e.g. sizes=[p.numel() for p in model.parameters()]")
+        sizes = list(sizes)
+        if not sizes or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1 for n in sizes):
+            raise ValueError(f"sizes must be positive integers, got {sizes[:5]}{'...' if len(sizes) > 5 else ''}")
+        if sum(sizes) != self.D:
+            raise ValueError(f"sizes sum to {sum(sizes):,} but D={self.D:,}: pass one count per projected tensor")
+        gen = torch.Generator().manual_seed(self.seed)
+        seeds = torch.randint(0, 2**62, (len(sizes),), generator=gen).tolist()
+        self.parts = nn.ModuleList(_FastfoodPart(int(n), self.d, s, compact) for n, s in zip(sizes, seeds))
+        self.sizes = [int(n) for n in sizes]
+
+    def _bounds(self):
+        lo = 0
+        for n, part in zip(self.sizes, self.parts):
+            yield lo, lo + n, part
+            lo += n
+
+    def forward(self, theta_d: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """P θ^(d), or base + P θ^(d) when `base` (shape (D,)) is given."""
+        self._check_input(theta_d, base)
+        delta = torch.cat([_FastfoodMatvec.apply(theta_d, part) for part in self.parts])
+        return delta if base is None else base + delta
+
+    def matrix(self) -> torch.Tensor:
+        """P as a dense (D, d) tensor, the tensors' blocks stacked."""
+        return torch.cat([part.matrix() for part in self.parts])
+
+    def _V_lean(self, theta_d: torch.Tensor) -> torch.Tensor:
+        out, theta = self._workspace(0, (self.D,)), theta_d.detach()
+        for lo, hi, part in self._bounds():
+            out[lo:hi] = part._apply_V(theta)
+        self._gen = getattr(self, "_gen", 0) + 1
+        return out
+
+    def _VT_lean(self) -> torch.Tensor:
+        g = self._gbuf()
+        return sum(part._apply_VT(g[lo:hi]) for lo, hi, part in self._bounds())
+
+
 PROJECTIONS = {"dense": DenseProjection, "sparse": SparseProjection, "fastfood": FastfoodProjection}
 
 
@@ -593,7 +661,8 @@ class SubspaceModel(nn.Module):
       parameters are never used or changed by forward, and are kept out of `parameters()`.
     - forward: builds every parameter tensor as a view of θ0 + P θ^(d) and runs the wrapped model with
       them through `torch.func.functional_call`.
-    `projection` is "dense", "sparse" or "fastfood"; `projection_kwargs` go to its constructor (e.g.
+    `projection` is "dense", "sparse" or "fastfood" (with `per_tensor=True`: an independent Fastfood per projected
+    tensor, `TensorwiseFastfoodProjection`, as Aghajanyan et al.'s code); `projection_kwargs` go to its constructor (e.g.
     max_bytes for dense and sparse, compact for fastfood). P is drawn in float32 from `seed` and stored in
     the model's dtype (float32 or float64; all parameters must share one floating dtype).
 
@@ -684,7 +753,13 @@ class SubspaceModel(nn.Module):
                              f"per block; use d > {m} (or fewer blocks via groups=)")
         dtype = named[0][1].dtype
         d_proj = d - m if said else d
-        self.projection = PROJECTIONS[projection](D, d_proj, seed=seed, **projection_kwargs).to(dtype)
+        cls, per_tensor = PROJECTIONS[projection], projection_kwargs.pop("per_tensor", False)
+        if per_tensor is not False:  # one Fastfood per projected tensor (TensorwiseFastfoodProjection): it needs their sizes
+            if per_tensor is not True or projection != "fastfood":
+                raise ValueError(f"per_tensor={per_tensor!r} with projection={projection!r}: per_tensor=True is a Fastfood "
+                                 "option; pass projection='fastfood', per_tensor=True (or drop per_tensor)")
+            cls, projection_kwargs = TensorwiseFastfoodProjection, {"sizes": self._numels, **projection_kwargs}
+        self.projection = cls(D, d_proj, seed=seed, **projection_kwargs).to(dtype)
         self.D, self.projection_name = self.projection.D, projection
         self.d = self.projection.d + m
         self.theta_d = nn.Parameter(torch.zeros(self.projection.d, dtype=dtype))

@@ -368,3 +368,45 @@ class SentenceClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.embeddings(input_ids, attention_mask))
+
+
+def training_embeddings(classifier: SentenceClassifier, X: torch.Tensor, *, steps: int, batch_size: int,
+                        seed: int) -> torch.Tensor:
+    """The pooled vectors (N, hidden) a frozen encoder feeds the head during
+    `helpers.training.train(model, X, y, steps=steps, batch_size=batch_size, seed=seed)`, for a `model` whose only
+    trained parameters sit in `classifier.head` (the head trained directly, or a `SubspaceModel` over it with the
+    encoder excluded): training mode, dropout on, its draws made exactly as `train` makes them (its seeded batch
+    order, its forked global generator, one encoder forward per step, nothing else drawing random numbers).
+
+    Row i is the vector row i got at the step that drew it. One pass over the data is needed so that every row is
+    drawn at most once: steps · batch_size <= N, else ValueError. Rows no step draws are zeros (never read). So
+    `train(head_model, training_embeddings(...), y, steps=steps, batch_size=batch_size, seed=seed)` replays
+    the frozen-encoder run exactly: the same batches, the same dropout masks, at one encoder forward per step
+    computed once per seed instead of once per run. Leaves the caller's global RNG and the classifier's mode
+    as they were.
+    """
+    if not isinstance(classifier, SentenceClassifier):
+        raise ValueError(f"classifier must be a SentenceClassifier, got {type(classifier).__name__}")
+    steps = check_int("steps", steps, 1, "steps=200")
+    batch_size = check_int("batch_size", batch_size, 1, "batch_size=16")
+    seed = check_seed(seed)
+    if not isinstance(X, torch.Tensor) or X.dim() != 3 or X.shape[1] != 2:
+        raise ValueError(f"X must be (N, 2, L) ids and masks from MiniLMTokenizer.features, got "
+                         f"{tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__}")
+    if steps * batch_size > len(X):
+        raise ValueError(f"steps * batch_size = {steps * batch_size:,} exceeds the {len(X):,} rows: a row would be drawn "
+                         "twice, with different dropout; use fewer steps or run the encoder in the loop")
+    gen = torch.Generator().manual_seed(seed)  # train's batch order: randperm from a generator seeded with seed
+    order = torch.randperm(len(X), generator=gen)
+    out = torch.zeros(len(X), classifier.head.in_features)
+    was_training = classifier.training
+    try:
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(seed)  # train's dropout draws
+            classifier.train()
+            for i in range(steps):
+                idx = order[i * batch_size:(i + 1) * batch_size]
+                out[idx] = classifier.embeddings(X[idx])
+    finally:
+        classifier.train(was_training)
+    return out
