@@ -693,7 +693,7 @@ class SubspaceModel(nn.Module):
         check_choice("projection", projection, PROJECTIONS)
         takes = {name: set(inspect.signature(cls).parameters) - {"D", "d", "seed"} for name, cls in PROJECTIONS.items()}
         for key in projection_kwargs:
-            if key not in takes[projection]:
+            if key != "per_tensor" and key not in takes[projection]:  # per_tensor: checked with its sizes below
                 where = [name for name, keys in takes.items() if key in keys]
                 raise ValueError(f"{key}= does not apply to projection={projection!r}, which takes "
                                  f"{', '.join(sorted(takes[projection])) or 'no options'}"
