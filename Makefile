@@ -79,6 +79,9 @@ test-notebooks-other-cpu: $(STAMP) ## the same with the CPU kernels on their por
 	  assert c == 'DEFAULT', c; print('ATen CPU kernels:', c)"
 	$(OTHER_CPU) $(PY) $(NBVAL)
 
+# make lab reads jupyter/jupyter_server_config.json (idle kernels with no tab open are culled after 10 minutes),
+# the file Binder's postBuild installs.
+lab: export JUPYTER_CONFIG_PATH := $(CURDIR)/jupyter$(if $(JUPYTER_CONFIG_PATH),:$(JUPYTER_CONFIG_PATH))
 lab: $(STAMP) ## open the series in JupyterLab (LAB_PORT=8888; LAB_ARGS="--no-browser" passes options through)
 	@$(PY) -c "import socket, sys; s = socket.socket(); \
 	  sys.exit(s.connect_ex(('127.0.0.1', $(LAB_PORT))) == 0)" || { \
