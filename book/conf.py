@@ -36,11 +36,20 @@ myst_heading_anchors = 3
 
 html_theme = "sphinx_book_theme"
 html_title = "PEFT, built from scratch"
+# Where the repository is hosted, e.g. "https://github.com/<owner>/<repo>" (the project does not know yet). Set it
+# and every notebook page gets a "launch on Binder" button (opening that notebook in JupyterLab on mybinder.org)
+# and a link to the repository.
+REPOSITORY_URL = ""
 html_theme_options = {
     "show_toc_level": 2,
     "home_page_in_toc": True,
     "use_download_button": True,
 }
+if REPOSITORY_URL:
+    html_theme_options |= {
+        "repository_url": REPOSITORY_URL, "repository_branch": "main", "use_repository_button": True,
+        "launch_buttons": {"binderhub_url": "https://mybinder.org", "notebook_interface": "jupyterlab"},
+    }
 html_copy_source = True
 html_show_sourcelink = False
 # GitHub Pages serves index.html: send it to the landing page.
