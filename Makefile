@@ -107,8 +107,9 @@ sweep-05: $(STAMP) ## notebook 05's full sweep (LoRA, SAID, full FT, probe; pre-
 	$(PY) sweeps/minilm.py --workers 2
 
 lint: $(STAMP) ## ruff (pyflakes, pycodestyle, isort, ...) over the code and notebooks, codespell over Markdown, Python and notebooks (seconds; settings in pyproject.toml)
-	$(VENV)/bin/ruff check
-	$(VENV)/bin/codespell
+	@status=0; echo "ruff check"; $(VENV)/bin/ruff check || status=1; echo "codespell"; $(VENV)/bin/codespell || status=1; \
+	[ $$status = 0 ] || { echo "make lint: fix the findings above (.venv/bin/ruff check --fix applies the safe ones;" \
+	  "a word codespell mistakes for a typo goes into ignore-words-list in pyproject.toml, with why)"; exit 1; }
 
 book: $(STAMP) ## the series as a static HTML site in _build/book (committed outputs, nothing re-executed; about 15 s): open _build/book/index.html
 	@rm -rf $(BOOK_OUT)
