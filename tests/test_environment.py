@@ -74,3 +74,11 @@ def test_the_model_package_is_pinned_once_and_installed_without_its_dependencies
 
 def test_helpers_text_imports_are_pinned():
     assert {"transformers", "tokenizers", "safetensors"} <= requirements().keys()
+
+
+def test_book_and_lint_tools_are_pinned_and_make_test_lints_first():
+    assert {"sphinx", "myst-parser", "myst-nb", "sphinx-book-theme", "ruff", "codespell"} <= requirements().keys()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "\ntest: lint test-unit " in makefile
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert "[tool.ruff]" in pyproject and "[tool.codespell]" in pyproject and "line-length = 120" in pyproject
