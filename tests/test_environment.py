@@ -10,7 +10,7 @@ def pins(lines):
     out = {}
     for line in lines:
         line = line.split("#")[0].strip().removeprefix("- ").strip()
-        if not line or line.startswith("-") or ":" in line or line in ("pip",) or line.startswith("python="):
+        if not line or line.startswith(("-", "python=")) or ":" in line or line in ("pip",):
             continue
         m = PIN.match(line)
         assert m, f"not an exact pin: {line!r}"
@@ -30,7 +30,8 @@ def environment_pip_section():
 
 def test_requirements_and_environment_name_the_same_pins():
     req, env = requirements(), environment_pip_section()
-    assert req == env, f"only in requirements.txt: {req.items() - env.items()}; only in environment.yml: {env.items() - req.items()}"
+    assert req == env, (f"only in requirements.txt: {req.items() - env.items()}; "
+                        f"only in environment.yml: {env.items() - req.items()}")
 
 
 def test_required_packages_are_pinned():
