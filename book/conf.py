@@ -19,7 +19,8 @@ extensions = ["myst_nb"]
 root_doc = "README"
 
 # What the book is made of. Everything else at the top level (.venv, .git, helpers/, tests/, _build, ...) is pruned
-# before Sphinx walks into it; data/README.md and benchmarks/RESULTS.md are pages because the README links to them.
+# before Sphinx walks into it; data/README.md and benchmarks/RESULTS.md are pages because the README refers the
+# reader to them.
 PAGES = ["README.md", "notebooks/[0-9][0-9]_*.ipynb", "solutions/*.ipynb", "data/README.md", "benchmarks/RESULTS.md"]
 include_patterns = PAGES
 BOOK_TOP_LEVEL = {"README.md", "notebooks", "solutions", "data", "benchmarks"}
