@@ -19,12 +19,13 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 OTHER_CPU := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41
 LAB_PORT ?= 8888
 LAB_ARGS ?=
+BOOK_OUT := _build/book
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-unit test-notebooks test-notebooks-other-cpu lab bench drift sweep-01 sweep-03 sweep-04 sweep-05 clean
+.PHONY: help setup run test lint book doctor test-unit test-notebooks test-notebooks-other-cpu lab bench drift sweep-01 sweep-03 sweep-04 sweep-05 sweep-05-controls clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-26s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-26s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv: CPU torch first, then requirements.txt, requirements-nodeps.txt, helpers (editable); no-op when up to date
 
@@ -60,7 +61,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml jupyter/overri
 run: $(STAMP) ## execute every notebook in order, headless, in place (about 10 minutes on a 2-core CPU)
 	@for nb in $(NOTEBOOKS); do echo "== $$nb"; $(PY) $(EXECUTE) "$$nb" || exit 1; done
 
-test: test-unit ## unit tests, then every notebook under nbval on this CPU's kernels and, at the same time, on the portable path
+test: lint test-unit ## lint and spelling, unit tests, then every notebook under nbval on this CPU's kernels and, at the same time, on the portable path
 	@echo "== notebooks under nbval, two runs side by side: [this CPU] and [other CPU path] ($(OTHER_CPU))"
 	@(set -o pipefail; $(MAKE) --no-print-directory test-notebooks 2>&1 | sed -u 's/^/[this CPU] /') & here=$$!; \
 	sleep 10; (set -o pipefail; $(MAKE) --no-print-directory test-notebooks-other-cpu 2>&1 | sed -u 's/^/[other CPU path] /') & other=$$!; \
@@ -78,6 +79,9 @@ test-notebooks-other-cpu: $(STAMP) ## the same with the CPU kernels on their por
 	  assert c == 'DEFAULT', c; print('ATen CPU kernels:', c)"
 	$(OTHER_CPU) $(PY) $(NBVAL)
 
+# make lab reads jupyter/jupyter_server_config.json (idle kernels with no tab open are culled after 10 minutes),
+# the file Binder's postBuild installs.
+lab: export JUPYTER_CONFIG_PATH := $(CURDIR)/jupyter$(if $(JUPYTER_CONFIG_PATH),:$(JUPYTER_CONFIG_PATH))
 lab: $(STAMP) ## open the series in JupyterLab (LAB_PORT=8888; LAB_ARGS="--no-browser" passes options through)
 	@$(PY) -c "import socket, sys; s = socket.socket(); \
 	  sys.exit(s.connect_ex(('127.0.0.1', $(LAB_PORT))) == 0)" || { \
@@ -105,9 +109,23 @@ sweep-04: $(STAMP) ## notebook 04's stored sweep (matched budgets for LoRA with 
 sweep-05: $(STAMP) ## notebook 05's full sweep (LoRA, SAID, full FT, probe; pre-trained and random) into sweeps/minilm_results.json: two one-thread workers, resumable (109 runs; measured in parts: 2 h 20 min for 70 on shared cores, 42 min for 39 on quiet ones)
 	$(PY) sweeps/minilm.py --workers 2
 
-.PHONY: sweep-05-controls
 sweep-05-controls: $(STAMP) ## notebook 05's controls (head-only subspace, denser SAID grid, more full-FT seeds, per-tensor SAID, random weights at 3x steps) into sweeps/minilm_controls_results.json: one one-thread worker, resumable, in priority order (the whole plan: about 1 h 40 min of CPU on one quiet core, estimated from the finished runs; a 200-step SAID run is about 2 min of CPU)
 	$(PY) sweeps/minilm_controls.py
+
+lint: $(STAMP) ## ruff (pyflakes, pycodestyle, isort, ...) over the code and notebooks, codespell over Markdown, Python and notebooks (seconds; settings in pyproject.toml)
+	@status=0; echo "ruff check"; $(VENV)/bin/ruff check || status=1; echo "codespell"; $(VENV)/bin/codespell || status=1; \
+	[ $$status = 0 ] || { echo "make lint: fix the findings above (.venv/bin/ruff check --fix applies the safe ones;" \
+	  "a word codespell mistakes for a typo goes into ignore-words-list in pyproject.toml, with why)"; exit 1; }
+
+book: $(STAMP) ## the series as a static HTML site in _build/book (committed outputs, nothing re-executed; about 15 s): open _build/book/index.html
+	@rm -rf $(BOOK_OUT)
+	$(PY) -m sphinx -b html -c book -W --keep-going -q . $(BOOK_OUT)
+	@echo "make book: $(BOOK_OUT)/index.html"
+
+doctor: ## what to paste into a bug report: Python, packages against the pins, torch build, threads, JupyterLab settings, data and model checksums
+	@if [ -x $(PY) ]; then PYTHONPATH="$(CURDIR)" $(PY) -m helpers.doctor; else \
+	  echo "[FAIL] no $(VENV) here: run 'make setup' (see README, Quickstart)"; \
+	  PYTHONPATH="$(CURDIR)" $(PYTHON) -m helpers.doctor; fi
 
 clean: ## remove .venv, caches and saved adapters (notebooks and data stay)
 	rm -rf $(VENV) .pytest_cache adapters helpers/__pycache__ tests/__pycache__ *.egg-info

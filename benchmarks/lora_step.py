@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _timing import interleaved, machine, write_text  # noqa: E402
-from helpers.lora import add_lora, merge_and_unload, merge_lora  # noqa: E402
-from helpers.models import mlp  # noqa: E402
-from helpers.training import training_step  # noqa: E402
+from _timing import interleaved, machine, write_text
+from helpers.lora import add_lora, merge_and_unload, merge_lora
+from helpers.models import mlp
+from helpers.training import training_step
 
 CASES = [  # name, MLP sizes, adapted layers, r, batch
     ("notebook 02 MLP", (2, 256, 256, 256, 256, 2), ["fc2", "fc3", "fc4"], 8, 256),
@@ -84,7 +84,8 @@ def main():
     print(f"our LoRA step / peft's: {worst_step:.3f} (worst case; goal <= 1.0)")
     print(f"merged inference / base inference: {worst_merged:.3f} (worst case; goal <= 1.02)")
     write_text(OUT, json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                               "machine": platform.machine(), "machine_info": machine(), "repeats": REPEATS, "results": results,
+                               "machine": platform.machine(), "machine_info": machine(), "repeats": REPEATS,
+                               "results": results,
                                "worst_step_ratio_ours_over_peft": worst_step,
                                "worst_infer_ratio_merged_over_base": worst_merged}, indent=2) + "\n")
 

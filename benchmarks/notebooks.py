@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import machine, write_text  # noqa: E402
+
 OUT = Path(__file__).with_suffix(".json")
 PY = sys.executable
 

@@ -16,17 +16,17 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch / bitsandbytes load OpenMP
 
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _timing import bandwidth, interleaved, machine, write_text  # noqa: E402
-from helpers.quant import dequantize_nf4, import_bitsandbytes, quantize_nf4  # noqa: E402
+from _timing import bandwidth, interleaved, machine, write_text
+from helpers.quant import dequantize_nf4, import_bitsandbytes, quantize_nf4
 
 CASES = [  # name, weight shape (d_out, d_in)
     ("notebook 02 MLP layer", (256, 256)),
@@ -78,8 +78,10 @@ def main():
           f"{'ours':>9} {'bnb':>9} {'ours/bnb throughput':>19}")
     for r in results:
         print(f"{r['case']:<22} {'yes' if r['double_quant'] else 'no':>3} | {r['bits_per_param_ours']:>9.4f} "
-              f"{r['bits_per_param_bnb']:>8.4f} | {str(r['codes_identical']):>10} {100 * r['values_identical_share']:>10.2f}% | "
-              f"{r['dequant_ours_ms']:>7.3f}ms {r['dequant_bnb_ms']:>7.3f}ms {r['throughput_ratio_ours_over_bnb']:>19.2f}")
+              f"{r['bits_per_param_bnb']:>8.4f} | {str(r['codes_identical']):>10} "
+              f"{100 * r['values_identical_share']:>10.2f}% | "
+              f"{r['dequant_ours_ms']:>7.3f}ms {r['dequant_bnb_ms']:>7.3f}ms "
+              f"{r['throughput_ratio_ours_over_bnb']:>19.2f}")
     big = [r for r in results if r["numel"] >= 2 ** 20]
     bits_dq = max(r["bits_per_param_ours"] for r in big if r["double_quant"])
     ratios = [r["throughput_ratio_ours_over_bnb"] for r in results]
@@ -88,9 +90,9 @@ def main():
     print(f"dequantisation throughput ours / bitsandbytes: median {statistics.median(ratios):.2f} over the cases "
           f"(range {min(ratios):.2f}-{max(ratios):.2f}; > 1 means ours is faster)")
     for r in (r for r in results if r["shape"] == [4096, 4096]):  # large enough that the allocator cannot recycle
-        print(f"{r['case']} (DQ {'yes' if r['double_quant'] else 'no'}): writing the {4 * r['numel'] / 1e6:.0f} MB output "
-              f"into fresh memory takes {r['write_bound_ms']:.1f} ms alone; ours {r['ours_over_bound']:.2f}x that bound, "
-              f"bitsandbytes {r['bnb_over_bound']:.2f}x")
+        print(f"{r['case']} (DQ {'yes' if r['double_quant'] else 'no'}): writing the "
+              f"{4 * r['numel'] / 1e6:.0f} MB output into fresh memory takes {r['write_bound_ms']:.1f} ms alone; "
+              f"ours {r['ours_over_bound']:.2f}x that bound, bitsandbytes {r['bnb_over_bound']:.2f}x")
     print("note: 200 x 784 values differ because bitsandbytes 0.50.2's AVX-512 CPU dequantiser mis-indexes "
           "absmax when the row length is a multiple of 16 but not of the block size; the codes are identical")
     write_text(OUT, json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),

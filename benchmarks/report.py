@@ -32,8 +32,8 @@ def row(measure, value, goal, met, how, cause=None):
 DEQUANT_CAUSE = ("bitsandbytes' CPU kernel decodes and scales in one fused pass; ours is three PyTorch ops "
                  "(the uint16 codes widened to int32, a gather through a 65,536-entry table of 4 levels, an in-place "
                  "multiply by each block's absmax), each a pass over the tensor. At 4096 x 4096 both sides are "
-                 "dominated by the bound of writing the 64 MB output into fresh memory (page faults included), shown in "
-                 "the next row; processing the tensor in cache-sized chunks gained only ~7 %.")
+                 "dominated by the bound of writing the 64 MB output into fresh memory (page faults included), "
+                 "shown in the next row; processing the tensor in cache-sized chunks gained only ~7 %.")
 
 
 FASTFOOD_CAUSE = ("Four Walsh-Hadamard transforms of length n·L per step (two per product) are most of it: each is "
@@ -61,7 +61,8 @@ def subspace_rows(data):
             out.append(row(f"{name}: bound, if the 4 transforms of a step were the only extra work",
                            f"{r['bound_ratio']:.2f}x", "-", "info",
                            f"the transforms timed alone in the same run: {r['transforms_ms']:.2f} ms; other overhead "
-                           f"{r['overhead_ms']:.2f} ms; before the lean path (autograd, same run): {r['before_ratio']:.2f}x"))
+                           f"{r['overhead_ms']:.2f} ms; before the lean path (autograd, same run): "
+                           f"{r['before_ratio']:.2f}x"))
         elif name.startswith("sparse"):
             out.append(row(f"{name}: step ÷ direct step", f"{r['ratio']:.2f}x", f"<= {r['goal']:g}x",
                            r["ratio"] <= r["goal"], how + f"; before the lean path (autograd, same run): "
@@ -69,8 +70,8 @@ def subspace_rows(data):
         else:
             out.append(row(f"{name}: step ÷ bound (P streamed ÷ memory bandwidth)", f"{r['ratio_to_bound']:.2f}",
                            f"<= {r['goal']:g}", r["ratio_to_bound"] <= r["goal"],
-                           f"{r['streamed_bytes'] / 1e6:.0f} MB read per step at the read bandwidth measured in the same "
-                           f"run ({m['bandwidth']['read'] / 1e9:.1f} GB/s): bound {r['bound_ms']:.1f} ms; "
+                           f"{r['streamed_bytes'] / 1e6:.0f} MB read per step at the read bandwidth measured in the "
+                           f"same run ({m['bandwidth']['read'] / 1e9:.1f} GB/s): bound {r['bound_ms']:.1f} ms; "
                            f"{r['ratio']:.1f}x the direct step"))
         out.append(row(f"{name}: projection memory", f"{r['projection_bytes'] / 1e6:.1f} MB", "-", "info",
                        "bytes of the projection's stored tensors (.nbytes)"))
@@ -78,14 +79,17 @@ def subspace_rows(data):
     if t:
         how = (f"all-MiniLM-L6-v2's shapes, random weights, batch {t['batch']}, {threads} thread(s), D = {t['D']:,} "
                f"(word embeddings and pooler outside the subspace), median of {t['repeats']} interleaved repeats")
-        out.append(row("SAID Fastfood d=1000 on a BERT-shaped model: step ÷ full fine-tuning step", f"{t['ratio']:.2f}x",
+        out.append(row("SAID Fastfood d=1000 on a BERT-shaped model: step ÷ full fine-tuning step",
+                       f"{t['ratio']:.2f}x",
                        f"<= {t['goal']:g}x", t["ratio"] <= t["goal"],
                        how + f"; before the lean path: {t['before_ratio']:.2f}x"))
         out.append(row("SAID Fastfood d=1000 on a BERT-shaped model: projection memory ÷ model fp32 bytes",
                        f"{t['memory_ratio']:.2f}", f"<= {t['memory_goal']:g}", t["memory_ratio"] <= t["memory_goal"],
-                       f"{t['projection_bytes'] / 1e6:.0f} MB stored (compact) vs {t['model_fp32_bytes'] / 1e6:.0f} MB; "
+                       f"{t['projection_bytes'] / 1e6:.0f} MB stored (compact) vs "
+                       f"{t['model_fp32_bytes'] / 1e6:.0f} MB; "
                        f"plus {t['workspace_bytes'] / 1e6:.0f} MB of reused workspace", t["memory_cause"]))
-        out.append(row("SAID Fastfood d=1000 on a BERT-shaped model: peak RSS", f"{t['said_peak_rss_bytes'] / 1e9:.2f} GB",
+        out.append(row("SAID Fastfood d=1000 on a BERT-shaped model: peak RSS",
+                       f"{t['said_peak_rss_bytes'] / 1e9:.2f} GB",
                        f"<= {t['rss_goal_gb']:g} GB", t["said_peak_rss_bytes"] <= t["rss_goal_gb"] * 1e9,
                        "VmHWM of a process that builds the model and runs 3 steps"))
     return out
@@ -104,18 +108,21 @@ def lora_rows(data):
 def quant_rows(data):
     if data is None:
         return [row("NF4 bits/param (double quant)", "-", "<= 4.13", None, "benchmarks/quant_dequant.py")]
-    how = f"{len(data['results'])} tensors, {data['threads']} thread(s), median of {data['repeats']} interleaved repeats"
+    how = (f"{len(data['results'])} tensors, {data['threads']} thread(s), "
+           f"median of {data['repeats']} interleaved repeats")
     bits, ratio = data["bits_per_param_double_quant"], data["median_throughput_ratio_ours_over_bnb"]
     out = [row("NF4 bits/param with double quantisation", f"{bits:.4f}", "<= 4.13", bits <= 4.13,
                "8 x stored bytes / numel, tensors >= 1M values"),
-           row("NF4 dequantisation throughput, ours ÷ bitsandbytes (median over tensors)", f"{ratio:.2f}x", "-", "info", how)]
+           row("NF4 dequantisation throughput, ours ÷ bitsandbytes (median over tensors)", f"{ratio:.2f}x", "-",
+               "info", how)]
     big = [r for r in data["results"] if r["shape"] == [4096, 4096] and "write_bound_ms" in r]
     for r in big:
         dq = "with" if r["double_quant"] else "without"
         out.append(row(f"NF4 dequantisation 4096x4096 {dq} double quantisation: ours ÷ bitsandbytes throughput",
-                       f"{r['throughput_ratio_ours_over_bnb']:.2f}x", ">= 1.0x", r["throughput_ratio_ours_over_bnb"] >= 1.0,
+                       f"{r['throughput_ratio_ours_over_bnb']:.2f}x", ">= 1.0x",
+                       r["throughput_ratio_ours_over_bnb"] >= 1.0,
                        how, DEQUANT_CAUSE))
-        out.append(row(f"NF4 dequantisation 4096x4096 {dq} double quantisation: time ÷ write bound", 
+        out.append(row(f"NF4 dequantisation 4096x4096 {dq} double quantisation: time ÷ write bound",
                        f"ours {r['ours_over_bound']:.2f}, bitsandbytes {r['bnb_over_bound']:.2f}", "-", "info",
                        f"bound: writing the {4 * r['numel'] / 1e6:.0f} MB float32 output into fresh memory, measured "
                        f"alone in the same run ({r['write_bound_ms']:.1f} ms)"))
@@ -124,7 +131,8 @@ def quant_rows(data):
 
 def notebook_rows(data):
     if data is None:
-        return [row("notebooks: wall time and peak memory", "-", "<= 240 s, <= 1.5 GB", None, "benchmarks/notebooks.py")]
+        return [row("notebooks: wall time and peak memory", "-", "<= 240 s, <= 1.5 GB", None,
+                    "benchmarks/notebooks.py")]
     how = f"/usr/bin/time -v, headless nbconvert into a temporary copy, {data['cpus']} CPUs"
     out = []
     for nb in data["notebooks"]:
@@ -139,7 +147,8 @@ def notebook_rows(data):
 def main():
     rows = (subspace_rows(load("subspace_step")) + lora_rows(load("lora_step")) + quant_rows(load("quant_dequant"))
             + notebook_rows(load("notebooks")))
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, Python {platform.python_version()}"
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+               f"Python {platform.python_version()}")
     machines = []
     for name in ("subspace_step", "lora_step", "quant_dequant", "notebooks"):
         data = load(name) or {}
@@ -149,8 +158,10 @@ def main():
                             f"{info['threads']} torch thread(s), torch {info['torch']}, Python {info['python']}")
         else:
             machines.append(f"- `{name}.json`: {'not run' if not data else 'machine not recorded (older run)'}")
-    write_text(HERE / "results.json", json.dumps({"machine": machine, "rows": rows}, indent=2, ensure_ascii=False) + "\n")
-    lines = ["# Benchmark results", "", f"Written by `make bench` on {machine}. Each ratio compares two things measured",
+    write_text(HERE / "results.json",
+               json.dumps({"machine": machine, "rows": rows}, indent=2, ensure_ascii=False) + "\n")
+    lines = ["# Benchmark results", "",
+             f"Written by `make bench` on {machine}. Each ratio compares two things measured",
              "side by side in one run; absolute times vary from machine to machine, the ratios much less.", "",
              "Where each figure came from:", "", *machines, "",
              "| measure | value | goal | status | how measured |", "|---|---|---|---|---|"]

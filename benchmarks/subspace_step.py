@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _timing import bandwidth, interleaved, machine, write_text  # noqa: E402
-from helpers.models import mlp  # noqa: E402
-from helpers.subspace import SubspaceModel, fwht  # noqa: E402
-from helpers.training import training_step  # noqa: E402
+from _timing import bandwidth, interleaved, machine, write_text
+from helpers.models import mlp
+from helpers.subspace import SubspaceModel, fwht
+from helpers.training import training_step
 
 BATCH = 128
 MLP_CONFIGS = [("direct", None), ("fastfood", 1000), ("sparse", 1000), ("dense", 500)]
@@ -129,7 +129,8 @@ def mlp_scale(repeats: int, steps: int, profile: bool) -> dict:
         r = {"config": f"{name} d={d}", "ms_per_step": 1e3 * t[name], "ratio": t[name] / direct,
              "projection_bytes": models[name].projection.nbytes}
         if name == "fastfood":
-            r.update(goal=GOALS["fastfood"], transforms_ms=1e3 * t["fwht x4"], before_ratio=t["fastfood autograd"] / direct,
+            r.update(goal=GOALS["fastfood"], transforms_ms=1e3 * t["fwht x4"],
+                     before_ratio=t["fastfood autograd"] / direct,
                      bound_ratio=(direct + t["fwht x4"]) / direct,
                      overhead_ms=1e3 * (t[name] - direct - t["fwht x4"]))
         elif name == "sparse":

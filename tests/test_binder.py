@@ -4,6 +4,7 @@ is valid JSON naming a real JupyterLab setting."""
 import json
 import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -57,18 +58,56 @@ def test_torch_comes_from_the_cpu_index_on_binder():
 def test_postbuild_is_an_executable_bash_script_with_lf_endings():
     path = ROOT / "postBuild"
     data = path.read_bytes()
-    assert data.startswith(b"#!/bin/bash\n") or data.startswith(b"#!/usr/bin/env bash\n"), data[:30]
+    assert data.startswith((b"#!/bin/bash\n", b"#!/usr/bin/env bash\n")), data[:30]
     assert b"\r" not in data, "postBuild has CRLF line endings: repo2docker's bash would fail on them"
     assert os.access(path, os.X_OK), "postBuild is not executable: chmod +x postBuild (and commit the mode)"
     assert b"set -euo pipefail" in data
 
 
-def test_lab_settings_override_names_a_real_setting():
+def test_lab_settings_override_names_real_settings():
     overrides = json.loads((ROOT / "jupyter" / "overrides.json").read_text())
-    assert overrides == {"@jupyterlab/notebook-extension:tracker": {"kernelShutdown": True}}
-    schema = Path(sys.prefix) / "share/jupyter/lab/schemas/@jupyterlab/notebook-extension/tracker.json"
-    assert "kernelShutdown" in json.loads(schema.read_text())["properties"]
+    # closing a notebook's tab shuts its kernel down; no "receive Jupyter news?" pop-up over the code
+    assert overrides == {"@jupyterlab/notebook-extension:tracker": {"kernelShutdown": True},
+                         "@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}
+    schemas = Path(sys.prefix) / "share/jupyter/lab/schemas/@jupyterlab"
+    assert "kernelShutdown" in json.loads((schemas / "notebook-extension/tracker.json").read_text())["properties"]
+    fetch_news = json.loads((schemas / "apputils-extension/notification.json").read_text())["properties"]["fetchNews"]
+    assert "false" in [choice["const"] for choice in fetch_news["oneOf"]]
     assert "jupyter/overrides.json" in (ROOT / "postBuild").read_text()
+
+
+def server_config():
+    return json.loads((ROOT / "jupyter" / "jupyter_server_config.json").read_text())
+
+
+def test_server_config_culls_idle_kernels_with_real_traits():
+    from jupyter_server.services.kernels.kernelmanager import MappingKernelManager
+    config = server_config()
+    assert set(config) == {"MappingKernelManager"}
+    assert set(config["MappingKernelManager"]) <= set(MappingKernelManager.class_trait_names())
+    cull = config["MappingKernelManager"]
+    # an open tab keeps its kernel (cull_connected false); a running cell is never cut (cull_busy false)
+    assert 0 < cull["cull_interval"] < cull["cull_idle_timeout"]
+    assert not cull["cull_connected"] and not cull["cull_busy"]
+
+
+def test_make_lab_and_binder_both_read_the_server_config(tmp_path):
+    makefile = (ROOT / "Makefile").read_text()
+    assert "lab: export JUPYTER_CONFIG_PATH := $(CURDIR)/jupyter" in makefile
+    # run postBuild's merge step against a scratch prefix holding a config of its own, then ask Jupyter what it reads
+    postbuild = (ROOT / "postBuild").read_text()
+    snippet = postbuild.split("python - <<'PY'\n")[1].split("\nPY\n")[0]
+    etc = tmp_path / "etc" / "jupyter"
+    etc.mkdir(parents=True)
+    (etc / "jupyter_server_config.json").write_text(json.dumps({"ServerApp": {"iopub_data_rate_limit": 1e7}}))
+    code = f"import sys; sys.prefix = {str(tmp_path)!r}; exec({snippet!r})"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
+    merged = json.loads((etc / "jupyter_server_config.json").read_text())
+    assert merged == {"ServerApp": {"iopub_data_rate_limit": 1e7}, **server_config()}
+    for folder in (etc, ROOT / "jupyter"):
+        shown = subprocess.run([sys.executable, "-m", "jupyter", "server", "--show-config"], capture_output=True,
+                               text=True, env=dict(os.environ, JUPYTER_CONFIG_PATH=str(folder)), timeout=120).stdout
+        assert f".cull_idle_timeout = {server_config()['MappingKernelManager']['cull_idle_timeout']}" in shown, shown
 
 
 def test_no_binder_folder_hides_the_top_level_files():

@@ -10,7 +10,7 @@ def pins(lines):
     out = {}
     for line in lines:
         line = line.split("#")[0].strip().removeprefix("- ").strip()
-        if not line or line.startswith("-") or ":" in line or line in ("pip",) or line.startswith("python="):
+        if not line or line.startswith(("-", "python=")) or ":" in line or line in ("pip",):
             continue
         m = PIN.match(line)
         assert m, f"not an exact pin: {line!r}"
@@ -30,7 +30,8 @@ def environment_pip_section():
 
 def test_requirements_and_environment_name_the_same_pins():
     req, env = requirements(), environment_pip_section()
-    assert req == env, f"only in requirements.txt: {req.items() - env.items()}; only in environment.yml: {env.items() - req.items()}"
+    assert req == env, (f"only in requirements.txt: {req.items() - env.items()}; "
+                        f"only in environment.yml: {env.items() - req.items()}")
 
 
 def test_required_packages_are_pinned():
@@ -74,3 +75,11 @@ def test_the_model_package_is_pinned_once_and_installed_without_its_dependencies
 
 def test_helpers_text_imports_are_pinned():
     assert {"transformers", "tokenizers", "safetensors"} <= requirements().keys()
+
+
+def test_book_and_lint_tools_are_pinned_and_make_test_lints_first():
+    assert {"sphinx", "myst-parser", "myst-nb", "sphinx-book-theme", "ruff", "codespell"} <= requirements().keys()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "\ntest: lint test-unit " in makefile
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert "[tool.ruff]" in pyproject and "[tool.codespell]" in pyproject and "line-length = 120" in pyproject

@@ -10,7 +10,8 @@ LOCAL_PATH = re.compile(r"(/work/|/root/|/home/|/tmp/|/Users/|[A-Z]:\\\\Users)")
 
 
 def code_cells(path):
-    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+    cells = json.loads(path.read_text())["cells"]
+    return [c for c in cells if c["cell_type"] == "code" and "".join(c["source"]).strip()]
 
 
 def test_there_are_notebooks():
@@ -29,9 +30,10 @@ def test_executed_in_order_without_errors(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_no_local_paths_in_outputs(path):
     for c in code_cells(path):
-        text = json.dumps([o for o in c["outputs"]])
+        text = json.dumps(c["outputs"])
         text = re.sub(r'"image/png": "[^"]*"', "", text)
-        assert not LOCAL_PATH.search(text), f"cell {c['execution_count']} shows a local path: {LOCAL_PATH.search(text).group()}"
+        found = LOCAL_PATH.search(text)
+        assert not found, f"cell {c['execution_count']} shows a local path: {found.group()}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -57,11 +59,23 @@ def test_outputs_read_well_without_a_kernel(path):
             assert not re.search(r"\b0%\|.*\?it/s", text), f"cell {c['execution_count']}: an unfinished progress bar"
 
 
+# The cell tags nbval 0.11 reads (nbval/plugin.py: `metadata_tags`, from its comment markers, plus 'raises-exception').
+NBVAL_TAGS = {"nbval-ignore-output", "nbval-check-output", "nbval-skip", "nbval-raises-exception", "raises-exception"}
+CONFLICTING = [{"nbval-ignore-output", "nbval-check-output"}]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_nbval_markers_are_exact(path):
-    # nbval honours a marker only when it is the whole comment: "# NBVAL_IGNORE_OUTPUT (why)" is silently ignored
+def test_nbval_tags_are_exact_and_code_cells_carry_no_markers(path):
+    # What nbval compares is said in cell tags, so a reader's code cell shows only the lesson; nbval honours a tag
+    # only when it is spelled exactly ("nbval_ignore_output", "NBVAL-IGNORE-OUTPUT" are silently ignored)
     for c in code_cells(path):
-        for line in "".join(c["source"]).splitlines():
-            if "NBVAL_" in line:
-                assert line.strip().lstrip("#").strip() in {"NBVAL_IGNORE_OUTPUT", "NBVAL_SKIP", "NBVAL_CHECK_OUTPUT",
-                                                            "NBVAL_RAISES_EXCEPTION"}, line
+        where = f"code cell [{c['execution_count']}]"
+        assert "NBVAL_" not in "".join(c["source"]), (
+            f"{where} carries an nbval comment marker: use the cell tag instead (/work/tools/nbval_tags.py moves them)")
+        tags = c["metadata"].get("tags", [])
+        assert isinstance(tags, list) and all(isinstance(t, str) for t in tags), f"{where}: tags must be a list of str"
+        assert len(tags) == len(set(tags)), f"{where}: a tag is repeated: {tags}"
+        near_misses = [t for t in tags if ("nbval" in t.lower() or "raises" in t.lower()) and t not in NBVAL_TAGS]
+        assert not near_misses, f"{where}: nbval does not read {near_misses}; its tags are {sorted(NBVAL_TAGS)}"
+        for pair in CONFLICTING:
+            assert not pair <= set(tags), f"{where}: conflicting tags {sorted(pair)}"
