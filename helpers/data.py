@@ -9,13 +9,13 @@ Files are read without pickle (npz with allow_pickle=False, raw idx bytes) and v
 from __future__ import annotations
 
 import gzip
-import zlib
 import hashlib
 import math
 import operator
 import os
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd

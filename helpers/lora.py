@@ -33,9 +33,9 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterable
 from numbers import Real
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from torch import nn

@@ -17,7 +17,15 @@ import numbers
 import torch
 from torch import nn
 
-from helpers.checks import as_int, check_choice, check_features, check_int, check_labels, check_lora_unmerged, check_number
+from helpers.checks import (
+    as_int,
+    check_choice,
+    check_features,
+    check_int,
+    check_labels,
+    check_lora_unmerged,
+    check_number,
+)
 from helpers.training import OPTIMIZERS, training_step
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "nf4": 0.5,

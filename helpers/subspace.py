@@ -493,7 +493,7 @@ class _FastfoodPart(FastfoodProjection):
 
     def __init__(self, D: int, d: int, seed: int, compact: bool):
         super().__init__(max(D, d), d, seed, compact)
-        if D < d:
+        if d > D:
             self.G.mul_(math.sqrt(d / D))
             self.D = D
 

@@ -10,15 +10,27 @@ import hashlib
 import inspect
 import math
 import time
+from collections.abc import Callable
 from numbers import Real
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from helpers.checks import (as_int, check_choice, check_features, check_int, check_labels, check_lora_unmerged,
-                            check_number, check_seed, modes_restored, restore_modes, save_modes)
+from helpers.checks import (
+    as_int,
+    check_choice,
+    check_features,
+    check_int,
+    check_labels,
+    check_lora_unmerged,
+    check_number,
+    check_seed,
+    modes_restored,
+    restore_modes,
+    save_modes,
+)
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}  # the one table
 

@@ -96,7 +96,7 @@ def plan(points: list[dict]) -> list[dict]:
     """Every point in the order workers take them; grid points carry lr=None until their family's lr is known."""
     lrs = chosen_lrs(points)
     out = []
-    cheap, said = [m for m in ("head", "lora", "full")], ["said"]
+    cheap, said = ["head", "lora", "full"], ["said"]
     for methods in (cheap, said):
         for m in methods:
             for w in ("pre-trained", "random"):

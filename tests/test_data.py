@@ -4,18 +4,17 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from conftest import says, unchanged
 
 from helpers import data
 from helpers.data import load_mnist, make_moons, read_idx, select_classes, split_off_validation
-
-from conftest import says, unchanged
 
 
 def test_mnist_5k_shapes_ranges_and_stratified_split():
     X_train, y_train, X_test, y_test = load_mnist("5k")
     assert X_train.shape == (4000, 784) and X_test.shape == (1000, 784)
     assert X_train.dtype == torch.float32 and y_train.dtype == torch.int64
-    assert 0.0 == X_train.min().item() and X_train.max().item() == 1.0
+    assert X_train.min().item() == 0.0 and X_train.max().item() == 1.0
     assert torch.bincount(y_train).tolist() == [400] * 10
     assert torch.bincount(y_test).tolist() == [100] * 10
     # train and test are disjoint images

@@ -10,12 +10,11 @@ import math
 import pandas as pd
 import pytest
 import torch
+from conftest import says, unchanged
 from torch import nn
 
 from helpers import analysis, data, intrinsic, lora, memory, models, quant, subspace, training
 from helpers.models import mlp
-
-from conftest import says, unchanged
 
 SIZES = (6, 8, 5, 3)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import says, unchanged
 from torch import nn
 from torch.nn import functional as F
 
@@ -21,8 +22,6 @@ import helpers.text as T
 from helpers import analysis, data, intrinsic, lora, memory, quant, subspace, training
 from helpers.checks import check_seed
 from helpers.models import mlp, with_new_head
-
-from conftest import says, unchanged
 
 SIZES = (6, 8, 5, 3)
 
@@ -303,9 +302,8 @@ def test_measure_training_memory_leaves_the_global_rng_and_the_model_alone():
 
 def test_the_snapshot_catches_rng_draws():
     for draw in (lambda: torch.rand(1), lambda: np.random.rand()):
-        with pytest.raises(AssertionError, match="RNG advanced"):
-            with unchanged():
-                draw()
+        with pytest.raises(AssertionError, match="RNG advanced"), unchanged():
+            draw()
 
 
 # ------------------------------------------------------------------------------ 3. numpy scalars, strings, lists

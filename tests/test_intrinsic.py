@@ -8,7 +8,6 @@ import torch
 from helpers.intrinsic import ToyBlockSums, baseline, dint90, solve_toy, sweep, toy_sweep
 from helpers.models import mlp
 
-
 # --- the toy problem --------------------------------------------------------------------------
 
 def test_toy_d10_solves_every_seed_and_d9_fails_on_most():

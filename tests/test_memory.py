@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from helpers.memory import (DTYPE_BYTES, finetune_memory, lora_params, measure_training_memory,
-                            training_memory)
+from helpers.memory import DTYPE_BYTES, finetune_memory, lora_params, measure_training_memory, training_memory
 from helpers.models import mlp
 
 

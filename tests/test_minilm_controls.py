@@ -1,7 +1,6 @@
 """sweeps/minilm_controls.py (notebook 05's controls): its plan and results file, and the per-tensor Fastfood
 projection (helpers.subspace.TensorwiseFastfoodProjection) its "said_tensor" runs use."""
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest

@@ -6,10 +6,21 @@ from torch import nn
 
 from helpers import lora
 from helpers.models import count_parameters, mlp
-
-from helpers.quant import (DYNAMIC_CODES, NF4_CODES, LinearNF4, QLoRALinear, add_qlora,
-                           dequantize_nf4, import_bitsandbytes, pack_nibbles, quantize_int, quantize_model,
-                           quantize_nf4, storage_bytes, unpack_nibbles)
+from helpers.quant import (
+    DYNAMIC_CODES,
+    NF4_CODES,
+    LinearNF4,
+    QLoRALinear,
+    add_qlora,
+    dequantize_nf4,
+    import_bitsandbytes,
+    pack_nibbles,
+    quantize_int,
+    quantize_model,
+    quantize_nf4,
+    storage_bytes,
+    unpack_nibbles,
+)
 
 # The NF4 table as published (QLoRA paper, Appendix E; bitsandbytes' get_4bit_type("nf4")).
 PUBLISHED_NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -82,7 +93,8 @@ def test_double_quantised_constants_are_within_half_an_8bit_step():
     # the constants sit in [mean - A, mean + A] per block of 256; near ±1 the dynamic map's step is ≤ 0.0141
     per_block_range = dq.absmax_scale.repeat_interleave(256)[:plain.n_blocks]
     assert bool((scale_err <= per_block_range * 0.0141 / 2 + 1e-6).all())
-    rmse = lambda q: (dequantize_nf4(q) - w).pow(2).mean().sqrt().item()
+    def rmse(q):
+        return (dequantize_nf4(q) - w).pow(2).mean().sqrt().item()
     assert rmse(dq) < rmse(plain) * 1.01  # double quantisation costs < 1 % extra error
 
 

@@ -17,13 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import assert_dir_unchanged, assert_model_unchanged, says, snapshot_dir, snapshot_model, unchanged
 from torch import nn
 
 from helpers import analysis, data, intrinsic, lora, memory, quant, subspace, training
 from helpers.lora import LoRALinear, add_lora, load_adapter, save_adapter
 from helpers.models import mlp, n_params
-
-from conftest import assert_dir_unchanged, assert_model_unchanged, says, snapshot_dir, snapshot_model, unchanged
 
 SIZES = (6, 8, 5, 3)  # fc1 6->8, act1, fc2 8->5, act2, head 5->3: D = 56 + 45 + 18 = 119
 MARKER = "UNPICKLED"  # created by the planted pickles if anything ever unpickles them

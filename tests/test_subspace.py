@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from helpers.models import mlp
-from helpers.subspace import (PROJECTIONS, DenseProjection, FastfoodProjection, SparseProjection,
-                              SubspaceModel, fwht)
+from helpers.subspace import PROJECTIONS, DenseProjection, FastfoodProjection, SparseProjection, SubspaceModel, fwht
 from helpers.training import train
 
 ALL = [DenseProjection, SparseProjection, FastfoodProjection]

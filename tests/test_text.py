@@ -4,9 +4,9 @@ import shutil
 
 import pytest
 import torch
+from conftest import says
 
 import helpers.text as T
-from conftest import says
 from helpers.data import DATA_DIR, TREC6_FILE, TREC6_SHA256, load_trec6, sha256
 from helpers.subspace import SubspaceModel
 from helpers.training import train, training_step

@@ -5,13 +5,12 @@ from unittest import mock
 
 import pytest
 import torch
+from conftest import says, unchanged
 from torch import nn
 
 from helpers import training
 from helpers.models import mlp
 from helpers.plotting import show_interactive
-
-from conftest import says, unchanged
 
 SIZES = (6, 8, 3)
 
@@ -258,7 +257,8 @@ def test_choose_lr_breaks_a_tie_by_validation_loss_then_towards_the_smaller_rate
     assert choice.lr == 1e-3
     losses = {1e-2: 0.1, 1e-3: 0.5}
     with mock.patch.object(training, "_mean_loss", lambda model, X, y: losses[model.lr]):
-        build = lambda: setattr(m := _Untrainable(), "lr", build.lrs.pop(0)) or m
+        def build():
+            return setattr(m := _Untrainable(), "lr", build.lrs.pop(0)) or m
         build.lrs = [1e-2, 1e-3]
         choice = training.choose_lr(build, [1e-2, 1e-3], (X, y), (X, y), epochs=1, progress=False)
     assert choice.lr == 1e-2 and choice.val_loss == losses
