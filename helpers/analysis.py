@@ -1,4 +1,6 @@
-"""Analysis of learned updates and training cost: spectra, LoRA subspace similarity (Hu et al. 2021, Eq. 4), step FLOPs."""
+"""Analysis of learned updates and training cost: spectra, LoRA subspace similarity (Hu et al. 2021, Eq. 4),
+step FLOPs.
+"""
 from __future__ import annotations
 
 import math

@@ -68,7 +68,8 @@ def check_features(name: str, X) -> None:
 def check_labels(name: str, y, n_rows: int, n_classes: int | None = None) -> None:
     """y: int64 class indices of shape (n_rows,), each in 0..n_classes-1 (-1 would wrap to the last class)."""
     if not isinstance(y, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}: use torch.tensor(..)")
+        raise ValueError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}: "
+                         "use torch.tensor(..)")
     if y.dtype != torch.int64:
         raise ValueError(f"labels {name} must be int64 class indices, got dtype {y.dtype}: pass {name}.long()")
     if y.dim() != 1:

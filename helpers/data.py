@@ -101,7 +101,8 @@ def _check_bundled(path: Path, expected: str, rebuild: str) -> None:
                          "or pass data_dir= the folder that holds it")
     digest = sha256(path)
     if digest != expected:
-        raise ValueError(f"{path} is corrupted or truncated: SHA-256 {digest[:16]}... != expected {expected[:16]}...; {fix}")
+        raise ValueError(f"{path} is corrupted or truncated: SHA-256 {digest[:16]}... != expected {expected[:16]}...; "
+                         f"{fix}")
 
 
 def load_trec6(data_dir: str | Path | None = None
@@ -351,9 +352,9 @@ def transfer_pair(pair: str = "digits->parity") -> dict:
     on 3,000 of the 4,000 training images; the target is even/odd on the other 1,000 (a pool the source never
     saw), of which only 100 are used to fit and 400 others to choose learning rates (never trained on; a
     larger validation set than training set, so that the choice is not decided by a few images); tested on
-    the parity of the 1,000 test images. "0-4->5-9" (an unrelated pair, the contrast): the source is digits 0-4 of the training
-    images (2,000); the target is digits 5-9 relabelled 0..4, 1,600 to fit and 400 for validation; tested on
-    the 500 test images of 5-9.
+    the parity of the 1,000 test images. "0-4->5-9" (an unrelated pair, the contrast): the source is digits 0-4 of
+    the training images (2,000); the target is digits 5-9 relabelled 0..4, 1,600 to fit and 400 for validation;
+    tested on the 500 test images of 5-9.
     Returns {"source": (X, y), "source_test": (X, y), "fit": (X, y), "val": (X, y), "test": (X, y),
     "n_source": classes of the source, "n_target": classes of the target}. Deterministic (local generators).
     """

@@ -81,7 +81,8 @@ def sweep(X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.
     seeds = [check_seed(s) for s in seeds]
     bad = [d for d in ds if isinstance(d, bool) or not isinstance(d, int) or d < 1]
     if bad:
-        raise ValueError(f"d must be a positive integer, got {bad[0]!r} in ds={ds}: use d >= 1, e.g. ds=[10, 100, 1000]")
+        raise ValueError(f"d must be a positive integer, got {bad[0]!r} in ds={ds}: "
+                         "use d >= 1, e.g. ds=[10, 100, 1000]")
     for p in projections:
         if p not in PROJECTIONS:
             raise ValueError(f"unknown projection {p!r}: choose from {sorted(PROJECTIONS)}")
@@ -183,11 +184,13 @@ def dint90(table: pd.DataFrame, baseline: float | Sequence[float], rule: str = "
     seed = check_seed(seed)
     n_boot = as_int(n_boot)
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot={n_boot!r} is not a number of bootstrap samples: use an integer >= 1, e.g. n_boot=1000")
+        raise ValueError(f"n_boot={n_boot!r} is not a number of bootstrap samples: "
+                         "use an integer >= 1, e.g. n_boot=1000")
     if len(table) == 0:
         raise ValueError("table has no rows (filtered on a misspelled projection?): pass a table from sweep()")
     if not isinstance(metric, str) or metric not in table.columns:
-        raise ValueError(f"table has no column {metric!r}: pass a table from sweep() or metric= one of {list(table.columns)}")
+        raise ValueError(f"table has no column {metric!r}: pass a table from sweep() or metric= one of "
+                         f"{list(table.columns)}")
     missing = [c for c in ("d", "seed") if c not in table.columns]
     if missing:
         raise ValueError(f"table has no column {', '.join(map(repr, missing))}: dint90 reads d, seed and {metric} per "
@@ -204,7 +207,8 @@ def dint90(table: pd.DataFrame, baseline: float | Sequence[float], rule: str = "
         raise ValueError(f"table mixes projections {sorted(table['projection'].unique())}: "
                          f"pass table[table.projection == 'fastfood'] (one projection at a time)")
     for name, value in (("baseline", baseline), ("reference", reference)):
-        if isinstance(value, (str, bytes)) or any(isinstance(v, (str, bytes)) for v in np.ravel(np.asarray(value, dtype=object))):
+        if isinstance(value, (str, bytes)) or any(isinstance(v, (str, bytes))
+                                                  for v in np.ravel(np.asarray(value, dtype=object))):
             raise ValueError(f"{name} must be accuracies (numbers), got {value!r}: pass e.g. 0.934, not '0.934'")
     base = np.atleast_1d(np.asarray(baseline, dtype=float))
     if base.size == 0 or not np.all((base > 0) & (base <= 1)):
@@ -352,9 +356,11 @@ def power_law_extrapolation(n: Sequence[float], values: Sequence[Sequence[float]
     """
     xs = np.asarray(n, dtype=float)
     if xs.ndim != 1 or len(xs) < 2 or len(np.unique(xs)) < 2 or not np.all(xs > 0):
-        raise ValueError(f"n must be at least two distinct positive sizes, got {list(n)!r}: pass e.g. [1000, 2000, 4000]")
+        raise ValueError(f"n must be at least two distinct positive sizes, got {list(n)!r}: "
+                         "pass e.g. [1000, 2000, 4000]")
     if len(values) != len(xs):
-        raise ValueError(f"values has {len(values)} entries for {len(xs)} sizes: pass one list of per-seed values per size")
+        raise ValueError(f"values has {len(values)} entries for {len(xs)} sizes: "
+                         "pass one list of per-seed values per size")
     groups = [np.asarray(v, dtype=float) for v in values]
     if any(g.ndim != 1 or g.size == 0 or not np.all(np.isfinite(g) & (g > 0)) for g in groups):
         raise ValueError("every size needs a non-empty list of finite, positive per-seed values (a seed that never "

@@ -214,7 +214,8 @@ def find_targets(model: nn.Module, target_modules, layer_types=(nn.Linear,)) -> 
         if not targets:
             raise ValueError("target_modules is empty: pass layer names such as ['fc2', 'fc3']")
     else:
-        if target_modules is None or isinstance(target_modules, (bytes, nn.Module)) or not hasattr(target_modules, "__iter__"):
+        if (target_modules is None or isinstance(target_modules, (bytes, nn.Module))
+                or not hasattr(target_modules, "__iter__")):
             raise ValueError(f"target_modules must be a list of layer names (or one regex string), got "
                              f"{target_modules!r}; e.g. ['fc2', 'fc3']")
         targets = list(target_modules)
@@ -264,7 +265,8 @@ def replace_modules(model: nn.Module, target_modules, make_layer: Callable[[str,
     """
     if not callable(make_layer) or (check is not None and not callable(check)):
         raise ValueError(f"make_layer (and check, if given) must be functions of (name, layer), got "
-                         f"{type(make_layer).__name__} and {type(check).__name__}: e.g. lambda name, m: LoRALinear(m, 4, 8)")
+                         f"{type(make_layer).__name__} and {type(check).__name__}: "
+                         "e.g. lambda name, m: LoRALinear(m, 4, 8)")
     found = find_targets(model, target_modules, layer_types)
     if check is not None:
         for name, module in found.items():
@@ -382,7 +384,8 @@ tags:
 
 A LoRA adapter written by `helpers.lora.save_adapter` in peft's file layout.
 
-- rank r = {r}, lora_alpha = {lora_alpha}, use_rslora = {use_rslora} (scaling = {scaling:.4g}), lora_dropout = {lora_dropout}
+- rank r = {r}, lora_alpha = {lora_alpha}, use_rslora = {use_rslora} (scaling = {scaling:.4g}), \
+lora_dropout = {lora_dropout}
 - adapted layers: {targets}
 - trainable parameters: {n_params:,d}
 
@@ -497,8 +500,10 @@ def _read_config(directory: Path) -> dict:
         raise ValueError(f"{CONFIG_NAME} uses features helpers.lora does not implement ({listed}); "
                          "load this adapter with peft.PeftModel.from_pretrained instead")
     targets = config["target_modules"]
-    if not isinstance(targets, (str, list)) or (isinstance(targets, list) and not all(isinstance(t, str) for t in targets)):
-        raise ValueError(f"target_modules in {CONFIG_NAME} must be layer names, got {targets!r}; save the adapter again")
+    if not isinstance(targets, (str, list)) or (isinstance(targets, list)
+                                                and not all(isinstance(t, str) for t in targets)):
+        raise ValueError(f"target_modules in {CONFIG_NAME} must be layer names, got {targets!r}; "
+                         "save the adapter again")
     try:
         check_lora_args(config["r"], config["lora_alpha"], config["lora_dropout"], config["use_rslora"])
     except ValueError as e:

@@ -85,7 +85,8 @@ def lora_params(d_model: int, n_layers: int, r: int, matrices_per_layer: int = 2
     """LoRA parameters for rank-r adapters on `matrices_per_layer` d_model x d_model weights per layer:
     r·(d_in + d_out) each."""
     d_model, n_layers, r, matrices_per_layer = (check_int(name, v, example=f"{name}={good}") for name, v, good in (
-        ("d_model", d_model, 4096), ("n_layers", n_layers, 32), ("r", r, 8), ("matrices_per_layer", matrices_per_layer, 2)))
+        ("d_model", d_model, 4096), ("n_layers", n_layers, 32), ("r", r, 8),
+        ("matrices_per_layer", matrices_per_layer, 2)))
     if min(d_model, n_layers, r, matrices_per_layer) < 1:
         raise ValueError(f"d_model, n_layers, r and matrices_per_layer must all be >= 1; got d_model={d_model}, "
                          f"n_layers={n_layers}, r={r}, matrices_per_layer={matrices_per_layer}")
@@ -104,7 +105,8 @@ def finetune_memory(model: str = "LLaMA-2 7B", method: str = "full", r: int = 8,
     _check_choice("method", method, METHODS)
     spec = dict(MODELS[model])
     if n_params is not None:
-        spec["n_params"] = check_number("n_params", n_params, minimum=0, example="n_params=7e9 (not a string like '7B')")
+        spec["n_params"] = check_number("n_params", n_params, minimum=0,
+                                        example="n_params=7e9 (not a string like '7B')")
     trainable = spec["n_params"] if method == "full" else lora_params(spec["d_model"], spec["n_layers"], r)
     frozen = "nf4-dq" if method == "qlora" else None
     out = training_memory(spec["n_params"] + (0 if method == "full" else trainable), trainable,

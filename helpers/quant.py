@@ -86,7 +86,8 @@ def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
 
     An odd count is padded with code 7 (NF4's exact zero), as bitsandbytes does.
     """
-    if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+    if (not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex()
+            or codes.dtype == torch.bool):
         got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
         raise ValueError(f"4-bit codes must be an integer tensor, got {got}: pass level indices (e.g. torch.bucketize "
                          "output), not values")
@@ -373,7 +374,8 @@ class LinearNF4(nn.Module):
     def __init__(self, linear: nn.Linear, block_size: int = 64, double_quant: bool = True):
         super().__init__()
         if not isinstance(linear, nn.Linear):
-            raise ValueError(f"LinearNF4 quantises an nn.Linear, got {type(linear).__name__}; pass the layer to replace")
+            raise ValueError(f"LinearNF4 quantises an nn.Linear, got {type(linear).__name__}; "
+                             "pass the layer to replace")
         q = quantize_nf4(linear.weight, block_size, double_quant)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.block_size, self.dq_block_size = q.block_size, q.dq_block_size

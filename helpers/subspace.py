@@ -151,13 +151,15 @@ class _Projection(nn.Module):
         for name, t in (("theta_d", theta_d), ("base", base)):
             if t is not None and (not isinstance(t, torch.Tensor) or t.dtype != self.dtype):
                 got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(f"{name} must be a {self.dtype} tensor like P, got {got}: pass {name}.to({self.dtype}) "
+                raise ValueError(f"{name} must be a {self.dtype} tensor like P, got {got}: "
+                                 f"pass {name}.to({self.dtype}) "
                                  f"or move the projection with .to({got})")
         if theta_d.shape != (self.d,):
             raise ValueError(f"{type(self).__name__} maps vectors of shape ({self.d},), got {tuple(theta_d.shape)}: "
                              f"pass θ^(d) as a 1-D tensor of length d={self.d}")
         if base is not None and base.shape != (self.D,):
-            raise ValueError(f"base must have shape ({self.D},) like P θ, got {tuple(base.shape)}: pass the flat θ0^(D)")
+            raise ValueError(f"base must have shape ({self.D},) like P θ, got {tuple(base.shape)}: "
+                             "pass the flat θ0^(D)")
 
     def matrix(self) -> torch.Tensor:
         """P as a dense (D, d) tensor, built column by column (for tests and small pictures)."""
@@ -662,8 +664,8 @@ class SubspaceModel(nn.Module):
     - forward: builds every parameter tensor as a view of θ0 + P θ^(d) and runs the wrapped model with
       them through `torch.func.functional_call`.
     `projection` is "dense", "sparse" or "fastfood" (with `per_tensor=True`: an independent Fastfood per projected
-    tensor, `TensorwiseFastfoodProjection`, as Aghajanyan et al.'s code); `projection_kwargs` go to its constructor (e.g.
-    max_bytes for dense and sparse, compact for fastfood). P is drawn in float32 from `seed` and stored in
+    tensor, `TensorwiseFastfoodProjection`, as Aghajanyan et al.'s code); `projection_kwargs` go to its constructor
+    (e.g. max_bytes for dense and sparse, compact for fastfood). P is drawn in float32 from `seed` and stored in
     the model's dtype (float32 or float64; all parameters must share one floating dtype).
 
     Three options for large pre-trained models (none used: the behaviour above, bit for bit):
@@ -685,7 +687,8 @@ class SubspaceModel(nn.Module):
                  exclude=(), rescale=(), said: bool = False, groups=None, **projection_kwargs):
         super().__init__()
         if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}: wrap your function in a Module")
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}: "
+                             "wrap your function in a Module")
         named = list(model.named_parameters())
         if not named:
             raise ValueError(f"{type(model).__name__} has no parameters, so there is nothing to project: "
@@ -695,9 +698,10 @@ class SubspaceModel(nn.Module):
         for key in projection_kwargs:
             if key != "per_tensor" and key not in takes[projection]:  # per_tensor: checked with its sizes below
                 where = [name for name, keys in takes.items() if key in keys]
+                belongs = f" ({key} belongs to projection=" + " or ".join(map(repr, where)) + ")" if where else ""
                 raise ValueError(f"{key}= does not apply to projection={projection!r}, which takes "
                                  f"{', '.join(sorted(takes[projection])) or 'no options'}"
-                                 f"{f' ({key} belongs to projection=' + ' or '.join(map(repr, where)) + ')' if where else ''}: drop {key}= "
+                                 f"{belongs}: drop {key}= "
                                  "or choose the projection it belongs to")
         dtypes = sorted({str(p.dtype) for _, p in named})
         if len(dtypes) > 1 or not named[0][1].is_floating_point():
@@ -754,9 +758,11 @@ class SubspaceModel(nn.Module):
         dtype = named[0][1].dtype
         d_proj = d - m if said else d
         cls, per_tensor = PROJECTIONS[projection], projection_kwargs.pop("per_tensor", False)
-        if per_tensor is not False:  # one Fastfood per projected tensor (TensorwiseFastfoodProjection): it needs their sizes
+        # one Fastfood per projected tensor (TensorwiseFastfoodProjection): it needs their sizes
+        if per_tensor is not False:
             if per_tensor is not True or projection != "fastfood":
-                raise ValueError(f"per_tensor={per_tensor!r} with projection={projection!r}: per_tensor=True is a Fastfood "
+                raise ValueError(f"per_tensor={per_tensor!r} with projection={projection!r}: "
+                                 "per_tensor=True is a Fastfood "
                                  "option; pass projection='fastfood', per_tensor=True (or drop per_tensor)")
             cls, projection_kwargs = TensorwiseFastfoodProjection, {"sizes": self._numels, **projection_kwargs}
         self.projection = cls(D, d_proj, seed=seed, **projection_kwargs).to(dtype)

@@ -272,15 +272,18 @@ def _check_tokens(ids: torch.Tensor, mask, config) -> None:
     if ids.numel() == 0:
         raise ValueError(f"the batch is empty (shape {tuple(ids.shape)}): pass at least one text of one token")
     for name, t in (("input_ids", ids), ("attention_mask", mask)):
-        if (t.dtype == torch.bool and t is ids) or t.is_complex() or (t.is_floating_point() and not bool((t == t.round()).all())):
+        if ((t.dtype == torch.bool and t is ids) or t.is_complex()
+                or (t.is_floating_point() and not bool((t == t.round()).all()))):
             raise ValueError(f"{name} must hold whole numbers, got dtype {t.dtype}"
                              f"{' with fractions' if t.is_floating_point() else ''}: nothing is rounded here; {fix}")
     vocab = getattr(config, "vocab_size", None)
     if int(ids.min()) < 0 or (vocab is not None and int(ids.max()) >= vocab):
-        raise ValueError(f"input_ids go from {int(ids.min())} to {int(ids.max())}, outside the vocabulary 0..{vocab - 1 if vocab else '?'}: "
+        raise ValueError(f"input_ids go from {int(ids.min())} to {int(ids.max())}, outside the vocabulary "
+                         f"0..{vocab - 1 if vocab else '?'}: "
                          f"ids from another tokenizer? {fix}")
     if not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (token), got values from {int(mask.min())} to "
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (token), "
+                         f"got values from {int(mask.min())} to "
                          f"{int(mask.max())}: {fix}")
     empty = (mask.sum(1) == 0).nonzero().flatten()
     if len(empty):
@@ -394,7 +397,8 @@ def training_embeddings(classifier: SentenceClassifier, X: torch.Tensor, *, step
         raise ValueError(f"X must be (N, 2, L) ids and masks from MiniLMTokenizer.features, got "
                          f"{tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__}")
     if steps * batch_size > len(X):
-        raise ValueError(f"steps * batch_size = {steps * batch_size:,} exceeds the {len(X):,} rows: a row would be drawn "
+        raise ValueError(f"steps * batch_size = {steps * batch_size:,} exceeds the {len(X):,} rows: "
+                         "a row would be drawn "
                          "twice, with different dropout; use fewer steps or run the encoder in the loop")
     gen = torch.Generator().manual_seed(seed)  # train's batch order: randperm from a generator seeded with seed
     order = torch.randperm(len(X), generator=gen)

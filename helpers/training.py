@@ -155,13 +155,15 @@ def _lr_groups(model: nn.Module, params: list, lr: float, lr_for) -> list[dict]:
     if lr_for is None:
         return [{"params": params}]
     if not isinstance(lr_for, dict) or not lr_for:
-        raise ValueError(f"lr_for must be a non-empty dict {{name prefix: lr}}, got {lr_for!r}: e.g. lr_for={{'head': 1e-2}}")
+        raise ValueError(f"lr_for must be a non-empty dict {{name prefix: lr}}, got {lr_for!r}: "
+                         f"e.g. lr_for={{'head': 1e-2}}")
     trained = {id(p) for p in params}
     names = [(n, p) for n, p in model.named_parameters() if id(p) in trained]
     chosen: dict[int, float] = {}
     for prefix, value in lr_for.items():
         if not isinstance(prefix, str) or not prefix:
-            raise ValueError(f"lr_for keys must be parameter-name prefixes (str), got {prefix!r}: e.g. lr_for={{'head': 1e-2}}")
+            raise ValueError(f"lr_for keys must be parameter-name prefixes (str), got {prefix!r}: "
+                             f"e.g. lr_for={{'head': 1e-2}}")
         check_number(f"lr_for[{prefix!r}]", value, positive=True, example=f"lr_for={{{prefix!r}: 1e-2}}")
         hits = [p for n, p in names if n == prefix or n.startswith(prefix + ".")]
         if not hits:
@@ -218,7 +220,8 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, epochs: int | N
     elif epochs is None:
         epochs = 10
     epochs, batch_size = as_int(epochs), as_int(batch_size)  # numpy integers are integers
-    if (any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (1 if epochs is None else epochs, batch_size))
+    if (any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+            for v in (1 if epochs is None else epochs, batch_size))
             or not isinstance(lr, Real) or not lr > 0):
         raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0; got {epochs!r}, {batch_size!r}, {lr!r}")
     check_number("lr", lr, positive=True, example="lr=1e-3")
@@ -396,7 +399,8 @@ def _check_fresh(model: nn.Module, others: list, start: str, lr: float, first_lr
     theirs = {a for o in others for a in _changeable(o)}
     shared = [n for a, n in _changeable(model).items() if a in theirs]
     if shared:
-        raise ValueError(f"the models build() returns share {', '.join(shared[:3])}{' ...' if len(shared) > 3 else ''}: "
+        raise ValueError(f"the models build() returns share {', '.join(shared[:3])}"
+                         f"{' ...' if len(shared) > 3 else ''}: "
                          f"training one rate would change the model the next rate starts from; {fix} (with_new_head "
                          "shares its body: deepcopy the model first)")
     if _fingerprint(model) != start:
@@ -466,7 +470,8 @@ def choose_lr(build: Callable[[], nn.Module], lrs, fit: tuple[torch.Tensor, torc
     _check_model(first)
     n_classes = _output_width(first, fit[0])
     if val[0].shape[1:] != fit[0].shape[1:]:
-        raise ValueError(f"X of val rows have shape {tuple(val[0].shape[1:])}, X of fit rows {tuple(fit[0].shape[1:])}: "
+        raise ValueError(f"X of val rows have shape {tuple(val[0].shape[1:])}, "
+                         f"X of fit rows {tuple(fit[0].shape[1:])}: "
                          "pass validation data with the fitting data's features")
     check_labels("y of val", val[1], len(val[0]), n_classes)
     start = _fingerprint(first)

@@ -1,7 +1,7 @@
 """The sweep behind notebook 03's stored results (`make sweep-03`): learning rates chosen on a validation split,
 d_int90 across MLP widths and depths (Li et al. 2018, Fig. 3), and memorising shuffled labels (their
-shuffled-label MNIST runs, "MNIST-SL" in their results notebook). Notebook 03 runs its main MNIST sweep live, reads this file for the rest, and re-runs a few
-of its points live, asserting that they agree.
+shuffled-label MNIST runs, "MNIST-SL" in their results notebook). Notebook 03 runs its main MNIST sweep live,
+reads this file for the rest, and re-runs a few of its points live, asserting that they agree.
 
 A *run* is one training: stage × experiment × architecture/labels × d × seed (× lr in the lr stage).
 
@@ -9,8 +9,8 @@ A *run* is one training: stage × experiment × architecture/labels × d × seed
   3,000; never the test set): direct training at BASE_LRS (BASE_EPOCHS epochs) and θ^(d) (EPOCHS epochs,
   Fastfood) at lr0 in SUBSPACE_LRS, used at every d as `helpers.intrinsic.subspace_lr(lr0, d, LR_REF_D)` =
   lr0 · √(LR_REF_D / d) (a step of the same size in θ^(D) at every d); the lr0 with the best mean validation
-  accuracy over the d in LR_DS is chosen. Memorisation (shuffled labels) has no held-out score: its θ^(d) lr is the one with
-  the best *training* accuracy at MEMO_LR_AT, on seed 100 (not one of the reported seeds). When the best lr
+  accuracy over the d in LR_DS is chosen. Memorisation (shuffled labels) has no held-out score: its θ^(d) lr is the
+  one with the best *training* accuracy at MEMO_LR_AT, on seed 100 (not one of the reported seeds). When the best lr
   is the largest (or smallest) tried, the next half-decade step beyond it is tried too (at most 3 per side).
 - stage "width_depth": for every architecture in ARCHS, direct training (the baseline) and Fastfood θ^(d) for
   d in WD_GRID, seeds 0-2, on all 4,000 training images; test accuracy.
@@ -212,13 +212,15 @@ def execute(run: dict, data: tuple, lrs: dict) -> dict:
 
 def config() -> dict:
     return {"epochs": EPOCHS, "base_epochs": BASE_EPOCHS, "batch_size": BATCH, "seeds": list(SEEDS),
-            "base_lrs": list(BASE_LRS), "subspace_lrs": list(SUBSPACE_LRS), "lr_ds": list(LR_DS), "lr_ref_d": LR_REF_D, "n_val": N_VAL,
+            "base_lrs": list(BASE_LRS), "subspace_lrs": list(SUBSPACE_LRS), "lr_ds": list(LR_DS), "lr_ref_d": LR_REF_D,
+            "n_val": N_VAL,
             "split_seed": SPLIT_SEED, "archs": {k: list(v) for k, v in ARCHS.items()}, "wd_grid": list(WD_GRID),
             "ds_n": list(DS_N), "ds_seed": DS_SEED, "ds_grid": list(DS_GRID),
             "memo_n": list(MEMO_N), "memo_epochs": MEMO_EPOCHS, "memo_seed": MEMO_SEED,
             "memo_grid": {k: list(v) for k, v in MEMO_GRID.items()}, "memo_lrs": list(MEMO_LRS),
             "memo_lr_at": {k: list(v) for k, v in MEMO_LR_AT.items()}, "memo_lr_seed": MEMO_LR_SEED,
-            "memo_direct_lr": 1e-3, "memo_lr_rule": "lr0 * sqrt(d0 / d)", "lr_ladder": list(LR_LADDER), "max_extend": MAX_EXTEND,
+            "memo_direct_lr": 1e-3, "memo_lr_rule": "lr0 * sqrt(d0 / d)", "lr_ladder": list(LR_LADDER),
+            "max_extend": MAX_EXTEND,
             "projection": "fastfood", "optimizer": "adam (constant lr)",
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "machine": platform.machine(), "threads": torch.get_num_threads()}

@@ -60,7 +60,8 @@ ID_GRID, ID_LR_AT = (10, 25, 50, 100, 200, 400, 800), 100
 # parity's ID grid, denser (about √2 steps) so that no threshold rule's crossing falls between far-apart points
 ID_GRID_PARITY = (10, 15, 25, 35, 50, 70, 100, 150, 200, 300, 400, 600, 800, 1000, 1250, 1600, 2000, 2500, 3200)
 LR_GRID = {"full": (1e-4, 3e-4, 1e-3, 3e-3), "head": (1e-3, 3e-3, 1e-2, 3e-2),
-           "lora": (1e-3, 3e-3, 1e-2, 3e-2), "lora_head": (1e-3, 3e-3, 1e-2, 3e-2), "subspace": (3e-3, 1e-2, 3e-2, 1e-1)}
+           "lora": (1e-3, 3e-3, 1e-2, 3e-2), "lora_head": (1e-3, 3e-3, 1e-2, 3e-2),
+           "subspace": (3e-3, 1e-2, 3e-2, 1e-1)}
 LR_LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)  # half-decade steps
 MAX_EXTEND = 3
 N_VAL = {"digits": 1000, "parity": 500, "5-9": 500}
@@ -252,7 +253,8 @@ def execute(run: dict, data: dict, pretrained: dict) -> dict:
 def config() -> dict:
     return {"epochs": EPOCHS, "batch_size": BATCH, "lora_alpha": ALPHA, "lora_targets": ["fc1", "fc2", "head"],
             "seeds": list(SEEDS), "ranks": list(RANKS), "id_grid": list(ID_GRID), "id_lr_at": ID_LR_AT,
-            "id_grid_parity": list(ID_GRID_PARITY), "lora_head": {"targets": ["fc1", "fc2"], "modules_to_save": ["head"], "bias": "all"},
+            "id_grid_parity": list(ID_GRID_PARITY),
+            "lora_head": {"targets": ["fc1", "fc2"], "modules_to_save": ["head"], "bias": "all"},
             "lr_grid": {m: list(v) for m, v in LR_GRID.items()}, "lr_ladder": list(LR_LADDER),
             "max_extend": MAX_EXTEND, "n_val": N_VAL, "eval_every": EVAL_EVERY,
             "split_seed": SPLIT_SEED, "pool_seed": POOL_SEED, "pretrain": PRETRAIN,

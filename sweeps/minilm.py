@@ -42,9 +42,10 @@ N_VAL, VAL_SEED = 500, 0
 HEAD_LR = 1e-2  # full fine-tuning: the fresh head's own lr (the encoder's is swept)
 LAMBDA_LR = 1e-2  # SAID: the λs' own lr (θ^(d)'s is swept)
 LORA_TARGETS = ("query", "value")  # Hu et al.'s choice for their GLUE runs: W_q and W_v in every layer
-LORA_ALPHA = 8  # alpha = 8 at every rank (scale α/r = 8/r), the series' convention (notebooks 01, 02, 04) and Hu et al.'s:
+# alpha = 8 at every rank (scale α/r = 8/r), the series' convention (notebooks 01, 02, 04) and Hu et al.'s:
 # α is set once and not tuned, so the lr chosen at r = 8 serves every rank. The ablation "lora2r" (pre-trained only)
 # is the same LoRA with α = 2r (scale fixed at 2, a common transformer recipe), with its own lr chosen at r = 8.
+LORA_ALPHA = 8
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1)
 LR_GRID = {
     # a grid whose best value was at its edge got one more value (head/random 0.1, said 0.3 and 0.1)
@@ -121,7 +122,8 @@ def plan(points: list[dict]) -> list[dict]:
     # the α = 2r ablation last: its lr stage, then every pre-trained rank
     out += [dict(stage="lr", method="lora2r", weights="pre-trained", size=LR_SIZE["lora2r"], seed=0, lr=lr)
             for lr in LR_GRID["lora2r", "pre-trained"]]
-    grid += [dict(method="lora2r", weights="pre-trained", size=r, seed=s) for r in LORA_RANKS["pre-trained"] for s in SEEDS]
+    grid += [dict(method="lora2r", weights="pre-trained", size=r, seed=s)
+             for r in LORA_RANKS["pre-trained"] for s in SEEDS]
     for g in grid:
         g.update(stage="grid", lr=lrs.get((LR_FROM.get(g["method"], g["method"]), g["weights"])))
     return out + grid
@@ -274,14 +276,16 @@ def worker(path: Path, only: str | None) -> None:
            "machine": platform.machine()}
     while True:
         if path.with_suffix(".stop").exists():
-            print(f"[{os.getpid()}] {path.with_suffix('.stop').name} exists: stopping before the next point", flush=True)
+            print(f"[{os.getpid()}] {path.with_suffix('.stop').name} exists: stopping before the next point",
+                  flush=True)
             return
         with locked(path):
             results = read(path)
             done = {p["key"] for p in results["runs"]}
             claims = json.loads(claims_path.read_text()) if claims_path.exists() else {}
             claims = {k: pid for k, pid in claims.items() if k not in done and alive(pid)}
-            todo = [p for p in plan(results["runs"]) if key(p) not in done and (only is None or re.search(only, key(p)))]
+            todo = [p for p in plan(results["runs"])
+                    if key(p) not in done and (only is None or re.search(only, key(p)))]
             free = [p for p in todo if key(p) not in claims and (p["stage"] == "lr" or p["method"] == "probe"
                                                                   or p["lr"] is not None)]
             if free:

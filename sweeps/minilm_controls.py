@@ -11,18 +11,19 @@ worker takes them (the priorities of issue 21), so an interrupted sweep leaves a
    is exact), so a run costs seconds.
 2. "said", pre-trained, a denser grid: d = 700 and 2,000 (x 3 seeds), beside the crossings the old grid's 4x steps
    left between 250 and 1,000 and between 1,000 and 4,000.
-3. "said_tensor": SAID with the public implementations' projection (`SubspaceModel(..., "fastfood", per_tensor=True)`: an
-   independent Fastfood per parameter tensor, each tensor's share of a column of norm ~1, one λ per tensor, no
-   head rescaling; word embeddings and pooler still excluded), its own lr stage at d = 1,000, then d = 1,000 x 3.
+3. "said_tensor": SAID with the public implementations' projection
+   (`SubspaceModel(..., "fastfood", per_tensor=True)`: an independent Fastfood per parameter tensor, each tensor's
+   share of a column of norm ~1, one λ per tensor, no head rescaling; word embeddings and pooler still excluded), its
+   own lr stage at d = 1,000, then d = 1,000 x 3.
 4. "full", pre-trained, seeds 3 and 4: more anchors for the target (sweeps/minilm.py has seeds 0-2); then SAID at
    d = 500, 1,400, 2,800.
 5. Random weights with 3x the steps (600): full fine-tuning and SAID at d = 4,000 (x 3 seeds).
 6. "said_lrd": SAID with θ's lr scaled per d (helpers.intrinsic.subspace_lr(lr, d, 1000)) at d = 250 and 4,000.
 7. "said" at d = 6,000.
 
-Test accuracy (1,000 questions) is measured after the last step (`final_acc`), and for "said_tensor" every 50 steps. Results go to
-sweeps/minilm_controls_results.json, rewritten atomically after every run (sweeps/_results.py); a rerun skips
-finished points. `touch sweeps/minilm_controls_results.stop` stops the worker before its next point.
+Test accuracy (1,000 questions) is measured after the last step (`final_acc`), and for "said_tensor" every 50 steps.
+Results go to sweeps/minilm_controls_results.json, rewritten atomically after every run (sweeps/_results.py); a rerun
+skips finished points. `touch sweeps/minilm_controls_results.stop` stops the worker before its next point.
 """
 from __future__ import annotations
 

@@ -77,14 +77,14 @@ def assert_dir_unchanged(root: Path, before: dict) -> None:
 
 def snapshot_rng() -> tuple:
     """The global torch generator's state and numpy's legacy global state (what np.random.* draws from)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (the legacy global RNG is what is watched)
     return torch.get_rng_state(), (kind, keys.copy(), pos, has_gauss, gauss)
 
 
 def assert_rng_unchanged(before: tuple) -> None:
     torch_state, (kind, keys, pos, has_gauss, gauss) = before
     assert torch.equal(torch.get_rng_state(), torch_state), "the global torch RNG advanced or was reseeded"
-    a_kind, a_keys, a_pos, a_has_gauss, a_gauss = np.random.get_state()
+    a_kind, a_keys, a_pos, a_has_gauss, a_gauss = np.random.get_state()  # noqa: NPY002 (the legacy global RNG is watched)
     assert (a_kind, a_pos, a_has_gauss, a_gauss) == (kind, pos, has_gauss, gauss) and np.array_equal(a_keys, keys), \
         "the global numpy RNG advanced or was reseeded"
 

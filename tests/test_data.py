@@ -49,7 +49,8 @@ def test_full_mnist_loads_verified_idx_files(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "MNIST_FULL_SHA256", sums)
     X_train, y_train, X_test, y_test = load_mnist("full", data_dir=tmp_path, download=False)
     assert X_train.shape == (6, 784) and X_test.shape == (2, 784) and y_test.tolist() == [3, 7]
-    assert torch.allclose(X_train[0] * 255, torch.tensor(files["train-images-idx3-ubyte.gz"][0].ravel(), dtype=torch.float32))
+    assert torch.allclose(X_train[0] * 255,
+                          torch.tensor(files["train-images-idx3-ubyte.gz"][0].ravel(), dtype=torch.float32))
     sums["t10k-labels-idx1-ubyte.gz"] = "0" * 64
     with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz does not match its SHA-256"):
         load_mnist("full", data_dir=tmp_path, download=False)
@@ -76,8 +77,8 @@ def test_minilm_sweep_loads_and_a_broken_file_names_the_fix(tmp_path):
     config, runs = results["config"], results["runs"]
     assert config["batch_size"] == 16 and len(runs) > 0
     assert {"stage", "method", "weights", "size", "seed", "lr"} <= set(runs.columns)
-    with pytest.raises(ValueError, match=says("minilm_results.json is missing", "git checkout -- sweeps/minilm_results.json",
-                                              "make sweep-05")):
+    with pytest.raises(ValueError, match=says("minilm_results.json is missing",
+                                              "git checkout -- sweeps/minilm_results.json", "make sweep-05")):
         load_sweep_results("minilm", tmp_path / "minilm_results.json")
     (tmp_path / "minilm_results.json").write_text('{"config": {}, "runs": [')
     with pytest.raises(ValueError, match=says("minilm_results.json is corrupted", "make sweep-05")):

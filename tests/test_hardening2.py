@@ -210,7 +210,7 @@ def _bn_model():
 
 
 def test_predict_gives_every_module_its_own_mode_back():
-    model, (X, y) = _bn_model(), _task()
+    model, (X, _) = _bn_model(), _task()
     expected = copy.deepcopy(model).eval()(X).argmax(-1)
     with unchanged(models=[model], tensors=[X]):
         assert torch.equal(training.predict(model, X, batch_size=7), expected)
@@ -301,7 +301,8 @@ def test_measure_training_memory_leaves_the_global_rng_and_the_model_alone():
 
 
 def test_the_snapshot_catches_rng_draws():
-    for draw in (lambda: torch.rand(1), lambda: np.random.rand()):
+    # the draws must come from the global RNGs: the point is that the snapshot notices them
+    for draw in (lambda: torch.rand(1), lambda: np.random.rand()):  # noqa: NPY002 (a deliberate global draw)
         with pytest.raises(AssertionError, match="RNG advanced"), unchanged():
             draw()
 

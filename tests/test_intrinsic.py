@@ -80,7 +80,8 @@ def test_dint90_gap_rule_measures_from_a_reference():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"rule": "gap"}, "needs reference"), ({"rule": "relative", "reference": 0.1}, "take none"),
-    ({"rule": "gap", "reference": 0.95}, "not below the baseline"), ({"rule": "gap", "reference": 1.5}, "in \\[0, 1\\)"),
+    ({"rule": "gap", "reference": 0.95}, "not below the baseline"),
+    ({"rule": "gap", "reference": 1.5}, "in \\[0, 1\\)"),
     ({"rule": ["gap"]}, "unknown rule")])
 def test_dint90_gap_rule_refuses_bad_references(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -135,7 +135,8 @@ def test_bits_per_param_is_measured_from_the_stored_tensors():
     w = gaussian(1024, 1024)
     n = w.numel()
     plain, dq = quantize_nf4(w, double_quant=False), quantize_nf4(w, double_quant=True)
-    assert plain.nbytes == sum(t.numel() * t.element_size() for t in (plain.codes, plain.absmax)) == n // 2 + 4 * n // 64
+    assert (plain.nbytes == sum(t.numel() * t.element_size() for t in (plain.codes, plain.absmax))
+            == n // 2 + 4 * n // 64)
     assert plain.bits_per_param == 4.5
     assert dq.absmax.dtype == torch.uint8 and dq.absmax_scale.dtype == torch.float32
     assert dq.nbytes == n // 2 + n // 64 + 4 * (n // 64 // 256) + 4

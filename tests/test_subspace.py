@@ -379,7 +379,8 @@ def test_lean_path_parameter_unused_by_the_forward_gets_no_gradient_trouble():
     sub = SubspaceModel(TwoHeads(), 20, "fastfood", seed=0, said=True)
     x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
     lean = torch.autograd.grad(sub(x).sum(), list(sub.parameters()))
-    ref = torch.autograd.grad(torch.func.functional_call(sub.model, _reference(sub), (x,)).sum(), list(sub.parameters()))
+    ref = torch.autograd.grad(torch.func.functional_call(sub.model, _reference(sub), (x,)).sum(),
+                              list(sub.parameters()))
     for a, b in zip(lean, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * max(1.0, float(b.abs().max())))
     assert sub.projection.workspace_bytes > 0 and "_ws" not in str(sub.state_dict().keys())

@@ -254,7 +254,8 @@ def test_said_block_makes_eight_blocks_and_refuses_other_names(classifier, minil
     blocks = list(dict.fromkeys(T.said_block(n) for n in names))
     assert blocks == ["embeddings"] + [f"layer {i}" for i in range(6)] + ["head"]
     assert T.said_block("encoder.embeddings.LayerNorm.weight") == "embeddings"
-    with pytest.raises(ValueError, match=says("'encoder.pooler.dense.weight' is not a parameter", "exclude=SAID_EXCLUDE")):
+    with pytest.raises(ValueError,
+                       match=says("'encoder.pooler.dense.weight' is not a parameter", "exclude=SAID_EXCLUDE")):
         T.said_block("encoder.pooler.dense.weight")
     said = SubspaceModel(classifier, 1000, "fastfood", seed=0, exclude=T.SAID_EXCLUDE, rescale=("head",), said=True,
                          groups=T.said_block, compact=True)

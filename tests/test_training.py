@@ -88,7 +88,8 @@ class FakeHandle:
 
 def test_notebook_bar_ends_in_its_finished_state():
     handle = FakeHandle()
-    with mock.patch("IPython.display.display", lambda data, raw, display_id: handle.shown.append(data["text/plain"]) or handle):
+    with mock.patch("IPython.display.display",
+                    lambda data, raw, display_id: handle.shown.append(data["text/plain"]) or handle):
         bar = training._NotebookBar(total=4, desc="sweep")
         for _ in range(4):
             bar.update(1)
@@ -165,7 +166,8 @@ def test_lr_for_gives_a_parameter_group_its_own_learning_rate():
     (dict(steps=3, epochs=2), ("pass epochs or steps, not both",)),
     (dict(steps=0), ("steps must be >= 1, got 0",)),
     (dict(steps=2.0), ("steps must be an integer, got 2.0",)),
-    (dict(steps=2, lr_for={"body": 1e-2}), ("lr_for entry 'body' matches no trained parameter", "start with fc1, head")),
+    (dict(steps=2, lr_for={"body": 1e-2}),
+     ("lr_for entry 'body' matches no trained parameter", "start with fc1, head")),
     (dict(steps=2, lr_for={"head": 0.0}), ("lr_for['head'] must be > 0, got 0.0",)),
     (dict(steps=2, lr_for={"head": 1e-2, "head.weight": 1e-3}), ("also selected by another lr_for entry",)),
     (dict(steps=2, lr_for=[("head", 1e-2)]), ("lr_for must be a non-empty dict",)),
@@ -281,9 +283,9 @@ def test_choose_lr_bad_arguments(build, lrs, extra, fragments):
 
 def test_choose_lr_scores_a_diverging_rate_nan_and_never_picks_it():
     X, y = _task(20)
-    with mock.patch.object(training, "training_step", lambda *a: torch.tensor(float("nan"))):
-        with pytest.raises(training.TrainingDiverged, match=says("the loss became nan", "lower lr")):
-            training.choose_lr(lambda: mlp(SIZES), [1e-3, 1e-2], (X, y), (X, y), epochs=1, progress=False)
+    with (mock.patch.object(training, "training_step", lambda *a: torch.tensor(float("nan"))),
+          pytest.raises(training.TrainingDiverged, match=says("the loss became nan", "lower lr"))):
+        training.choose_lr(lambda: mlp(SIZES), [1e-3, 1e-2], (X, y), (X, y), epochs=1, progress=False)
     real_step = training.training_step
 
     def nan_at_large_lr(model, opt, X, y):
