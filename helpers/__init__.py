@@ -20,6 +20,8 @@ Which notebook uses which module:
 - `intrinsic` (03, 04, 05): `sweep`, `baseline`, `dint90`, the toy problem.
 - `analysis` (04): spectra, LoRA subspace similarity, training-step FLOPs (analytic, and as run: `measured_step_flops`).
 - `checks` (every module): the shared argument checks (ValueError naming the value and the fix).
+- `doctor` (no notebook): `make doctor`'s environment report (`python -m helpers.doctor`): versions against the pins,
+  torch build, threads, JupyterLab settings, data and model checksums.
 
 Contract: a refused call raises ValueError before touching the model, files or any random generator; a helper
 never reseeds the global RNG (a `seed` seeds a local generator, or the work runs inside `torch.random.fork_rng`).
