@@ -260,7 +260,8 @@ def make_moons(n: int = 1000, noise: float = 0.1, seed: int = 0, rotation: float
 SWEEP_RESULTS = {"intrinsic_mlp": ("03", "make sweep-03", "about 20 minutes", {"key"}),
                  "lora_vs_subspace": ("04", "make sweep-04", "about 30 minutes", {"key"}),
                  "minilm": ("05", "make sweep-05", "2-3 hours",
-                            {"key", "stage", "method", "weights", "size", "seed", "lr"})}
+                            {"key", "stage", "method", "weights", "size", "seed", "lr"}),
+                 "minilm_practice": ("06", "make sweep-06", "about 30 minutes", {"key", "kind", "seed", "final_acc"})}
 
 
 def load_sweep_results(name: str, path: str | Path | None = None) -> dict:

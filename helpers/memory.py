@@ -139,3 +139,70 @@ def measure_training_memory(model: nn.Module, X: torch.Tensor, y: torch.Tensor, 
     out["total"] = sum(out[p] for p in PARTS)
     out["step_counters"] = tensor_bytes(steps)
     return out
+
+
+def saved_activation_bytes(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> dict[str, int]:
+    """Bytes autograd keeps for the backward pass of one forward + cross-entropy on (X, y): the activations.
+
+    Every tensor an op saves for backward passes through a `torch.autograd.graph.saved_tensors_hooks` pack
+    hook; each distinct storage is counted once. Saved tensors that are the model's own parameters or buffers
+    cost nothing extra and are reported apart ("parameters"); everything else ("activations": layer inputs,
+    attention probabilities, dropout masks, and e.g. a weight dequantised from 4 bits for this forward) is memory
+    the step adds until backward frees it. The model runs in train mode (as in training) inside
+    `torch.random.fork_rng` (dropout leaves the global RNG as it was) and is put back in its mode; no backward
+    runs, nothing is updated. With gradient checkpointing switched on in the model, what is saved is each
+    checkpointed block's input (and the recomputation during backward adds one block's activations at a time).
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_labels("y", y, len(X))
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[int, tuple[int, bool]] = {}
+
+    def pack(t):
+        if t.device.type != "meta":
+            s = t.untyped_storage()
+            seen[s.data_ptr()] = (s.nbytes(), s.data_ptr() in own)
+        return t
+
+    was_training = model.training
+    try:
+        model.train()
+        with torch.random.fork_rng(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = nn.functional.cross_entropy(model(X), y)
+        del loss
+    finally:
+        model.train(was_training)
+    return {"activations": sum(n for n, is_own in seen.values() if not is_own),
+            "parameters": sum(n for n, is_own in seen.values() if is_own)}
+
+
+def peak_rss(code: str, timeout: float = 300) -> int:
+    """Peak resident memory (bytes) of a fresh Python process that runs `code` (imports included): the
+    kernel's ru_maxrss of that child alone (os.wait4), so what this process already holds does not count.
+    Runs with one thread (OMP_NUM_THREADS=1) and this interpreter; ValueError with the child's stderr if it fails."""
+    import os
+    import subprocess
+    import sys
+    import time
+    if not isinstance(code, str) or not code.strip():
+        raise ValueError("code must be a non-empty str of Python to run in a fresh process")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    t0 = time.monotonic()
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            os.wait4(proc.pid, 0)
+            raise ValueError(f"the child process ran longer than {timeout} s: raise timeout= or run less code")
+        time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    if proc.returncode:
+        raise ValueError(f"the child process failed (exit {proc.returncode}): {err.strip().splitlines()[-1] if err.strip() else ''}")
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, kilobytes on Linux
+    return usage.ru_maxrss * scale

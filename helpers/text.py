@@ -369,3 +369,36 @@ def lora_classifier(kind: str, seed: int = 0, r: int = 8, alpha: float = 8, targ
         from peft import LoraConfig, get_peft_model
         config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, modules_to_save=["head"])
         return get_peft_model(clf, config).eval()
+
+
+def step_times(models: dict, X: torch.Tensor, y: torch.Tensor, repeats: int = 5, steps: int = 2,
+               lr: float = 1e-4) -> dict[str, float]:
+    """Median seconds per training step (forward, cross-entropy, backward, Adam) of each model, timed side by
+    side: each repeat times `steps` steps of every model, in alternating order (forward, then reversed), so
+    load from other processes hits all alike. The models are trained by it (use copies you do not need).
+    One warm-up step each first. Dropout runs inside `torch.random.fork_rng` (the global RNG is untouched)."""
+    import statistics
+    import time
+
+    from helpers.training import OPTIMIZERS, training_step
+    if not isinstance(models, dict) or not models or not all(isinstance(m, nn.Module) for m in models.values()):
+        raise ValueError("models must be a non-empty dict {name: nn.Module}")
+    check_int("repeats", repeats, 1, "repeats=5")
+    check_int("steps", steps, 1, "steps=2")
+    opts = {k: OPTIMIZERS["adam"]([p for p in m.parameters() if p.requires_grad], lr=lr) for k, m in models.items()}
+    times = {k: [] for k in models}
+    names = list(models)
+    with torch.random.fork_rng():
+        for m in models.values():
+            m.train()
+        for k in names:
+            training_step(models[k], opts[k], X, y)
+        for rep in range(repeats):
+            for k in (names if rep % 2 == 0 else names[::-1]):
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    training_step(models[k], opts[k], X, y)
+                times[k].append((time.perf_counter() - t0) / steps)
+        for m in models.values():
+            m.eval()
+    return {k: statistics.median(v) for k, v in times.items()}

@@ -170,3 +170,20 @@ def test_lora_classifier_kinds_agree_on_counts_and_start_equal(batch):
         assert torch.equal(kinds["ours"](*batch), kinds["peft"](*batch))  # B = 0, same head: the base model's logits
     with pytest.raises(ValueError, match=says("unknown kind 'qlora'", "ours, peft, qlora-ours, qlora-bnb")):
         T.lora_classifier("qlora")
+
+
+def test_lora_classifier_ours_is_notebook_05s_lora_model():
+    """sweeps/minilm_practice.py takes notebook 05's stored LoRA r=8 runs as "ours": the models must be identical."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from sweeps.minilm import build
+    state = torch.random.get_rng_state()
+    try:
+        nb05, *_ = build(dict(method="lora", size=8, seed=1), T.load_minilm()[0])
+    finally:
+        torch.random.set_rng_state(state)
+    mine = T.lora_classifier("ours", seed=1)
+    a, b = nb05.state_dict(), mine.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [n for n, p in nb05.named_parameters() if p.requires_grad] == [n for n, p in mine.named_parameters() if p.requires_grad]
