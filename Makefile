@@ -102,5 +102,8 @@ sweep-04: $(STAMP) ## notebook 04's stored sweep (matched budgets from a random 
 sweep-05: $(STAMP) ## notebook 05's full sweep (LoRA, SAID, full FT, probe; pre-trained and random) into sweeps/minilm_results.json: two one-thread workers, resumable (109 runs; measured in parts: 2 h 20 min for 70 on shared cores, 42 min for 39 on quiet ones)
 	$(PY) sweeps/minilm.py --workers 2
 
+sweep-06: $(STAMP) ## notebook 06's stored runs (peft, QLoRA ours and bitsandbytes, 3 seeds; peak RSS per method) into sweeps/minilm_practice_results.json: two one-thread workers, resumable (about 30 minutes on quiet cores)
+	$(PY) sweeps/minilm_practice.py --workers 2 && $(PY) sweeps/minilm_practice.py --memory
+
 clean: ## remove .venv, caches and saved adapters (notebooks and data stay)
 	rm -rf $(VENV) .pytest_cache adapters helpers/__pycache__ tests/__pycache__ *.egg-info

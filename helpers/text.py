@@ -339,7 +339,7 @@ def lora_classifier(kind: str, seed: int = 0, r: int = 8, alpha: float = 8, targ
         cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                  bnb_4bit_compute_dtype=torch.float32)
         from transformers.utils import logging as hf_logging
-        verbosity = hf_logging.get_verbosity()
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
@@ -348,7 +348,8 @@ def lora_classifier(kind: str, seed: int = 0, r: int = 8, alpha: float = 8, targ
                 encoder = AutoModel.from_pretrained(str(model_dir()), quantization_config=cfg, device_map="cpu")
         finally:
             hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
+            if bars:
+                hf_logging.enable_progress_bar()
         encoder.eval()
     else:
         encoder, _ = load_minilm()

@@ -18,7 +18,7 @@ two processes share the list (`make sweep-06` runs two). s/step here is per proc
 kinds side by side in one process for any ratio.
 
 `--memory` adds the peak resident memory (ru_maxrss of a fresh process, `helpers.memory.peak_rss`) of training
-steps at batch 16 x 32 tokens for full fine-tuning, LoRA and QLoRA (ours), with and without gradient
+steps at batch 16 x 32 tokens for full fine-tuning, LoRA and QLoRA (ours and bitsandbytes), with and without gradient
 checkpointing, and of the same process that only loads the model ("load"): the "memory" list of the file.
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ def run_point(kind: str, seed: int, data: dict, cfg: dict) -> dict:
             "s_per_step": h["seconds"][-1] / h["step"][-1], "wall_seconds": time.perf_counter() - t0}
 
 
-MEMORY_METHODS = {"full": "full", "lora": "ours", "qlora": "qlora-ours"}
+MEMORY_METHODS = {"full": "full", "lora": "ours", "qlora": "qlora-ours", "qlora-bnb": "qlora-bnb"}
 MEMORY_STEPS = 3
 MEMORY_CODE = """
 import torch
