@@ -178,31 +178,30 @@ def saved_activation_bytes(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -
 
 
 def peak_rss(code: str, timeout: float = 300) -> int:
-    """Peak resident memory (bytes) of a fresh Python process that runs `code` (imports included): the
-    kernel's ru_maxrss of that child alone (os.wait4), so what this process already holds does not count.
-    Runs with one thread (OMP_NUM_THREADS=1) and this interpreter; ValueError with the child's stderr if it fails."""
+    """Peak resident memory (bytes) of a fresh Python process that runs `code` (imports included).
+
+    Read at the child's exit from /proc/self/status (VmHWM: the high-water mark of the child's own address space),
+    not from ru_maxrss, which on Linux starts from the RSS of the process that forked the child. Runs this
+    interpreter with one thread (OMP_NUM_THREADS=1). ValueError with the child's last error line if it fails
+    or runs longer than `timeout` seconds; ValueError on a system without /proc (e.g. macOS, Windows).
+    """
     import os
     import subprocess
     import sys
-    import time
     if not isinstance(code, str) or not code.strip():
         raise ValueError("code must be a non-empty str of Python to run in a fresh process")
+    if not os.path.exists("/proc/self/status"):
+        raise ValueError("peak_rss reads /proc/self/status, which this system does not have (Linux only)")
+    report = ("\nimport sys as _s\n_s.stdout.write('\\nVmHWM ' + next(l.split()[1] for l in open('/proc/self/status') "
+              "if l.startswith('VmHWM')) + '\\n')\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    t0 = time.monotonic()
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() - t0 > timeout:
-            proc.kill()
-            os.wait4(proc.pid, 0)
-            raise ValueError(f"the child process ran longer than {timeout} s: raise timeout= or run less code")
-        time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if proc.returncode:
-        raise ValueError(f"the child process failed (exit {proc.returncode}): {err.strip().splitlines()[-1] if err.strip() else ''}")
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, kilobytes on Linux
-    return usage.ru_maxrss * scale
+    try:
+        done = subprocess.run([sys.executable, "-c", code + report], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"the child process ran longer than {timeout} s: raise timeout= or run less code") from None
+    if done.returncode:
+        lines = done.stderr.strip().splitlines()
+        raise ValueError(f"the child process failed (exit {done.returncode}): {lines[-1] if lines else ''}")
+    kib = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("VmHWM ")]
+    return int(kib[-1]) * 1024
