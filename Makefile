@@ -127,5 +127,8 @@ doctor: ## what to paste into a bug report: Python, packages against the pins, t
 	  echo "[FAIL] no $(VENV) here: run 'make setup' (see README, Quickstart)"; \
 	  PYTHONPATH="$(CURDIR)" $(PYTHON) -m helpers.doctor; fi
 
+sweep-06: $(STAMP) ## notebook 06's stored runs (peft, QLoRA ours and bitsandbytes, 3 seeds; peak RSS per method) into sweeps/minilm_practice_results.json: two one-thread workers, resumable (about 30 minutes on quiet cores)
+	$(PY) sweeps/minilm_practice.py --workers 2 && $(PY) sweeps/minilm_practice.py --memory
+
 clean: ## remove .venv, caches and saved adapters (notebooks and data stay)
 	rm -rf $(VENV) .pytest_cache adapters helpers/__pycache__ tests/__pycache__ *.egg-info

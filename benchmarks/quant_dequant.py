@@ -6,7 +6,10 @@ benchmarks/quant_dequant.json:
   ours and bitsandbytes' (packed codes + absmax + nested state);
 - dequantisation time, ours vs bitsandbytes.functional.dequantize_4bit on the same tensor, and the
   throughput ratio ours / theirs (= their time / our time; > 1 means ours is faster);
-- the share of dequantised values that are identical to bitsandbytes'.
+- the share of dequantised values that are identical to bitsandbytes';
+- an idea measured beside ours (notebook 06, issue 24): gather from a 256-entry table indexed by the packed byte
+  (two codes per byte, 2 KB: stays in L1) instead of helpers.quant's 65,536-entry table indexed by two bytes
+  (four codes per index, 1 MB), outputs checked bit-identical; its throughput ratio against bitsandbytes.
 Timings are interleaved (ours, theirs, theirs, ours, ...) and summarised by the median, on one thread
 (torch and OpenMP) so that the other core's load disturbs less. Nothing here asserts a timing.
 """
@@ -26,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _timing import bandwidth, interleaved, machine, write_text
-from helpers.quant import dequantize_nf4, import_bitsandbytes, quantize_nf4
+from helpers.quant import NF4_CODES, dequantize_nf4, import_bitsandbytes, quantize_nf4
 
 CASES = [  # name, weight shape (d_out, d_in)
     ("notebook 02 MLP layer", (256, 256)),
@@ -45,12 +48,28 @@ def bnb_nbytes(packed, state) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+# byte -> (level of its high nibble, level of its low nibble): 256 entries of two float32, seen as one float64 each
+PAIR_TABLE = NF4_CODES[torch.stack([torch.arange(256) >> 4, torch.arange(256) & 15], 1)].contiguous().view(torch.float64).view(-1)
+
+
+def dequantize_pair_table(q):
+    """The 256-entry idea: one gather per packed byte (two values), then the per-block multiply, as ours."""
+    padded = q.n_blocks * q.block_size
+    out = torch.empty(padded + padded % 2)
+    torch.index_select(PAIR_TABLE, 0, q.codes.int(), out=out.view(torch.float64)[:q.codes.numel()])
+    out = out[:padded].view(q.n_blocks, q.block_size).mul_(q.scales().unsqueeze(1))
+    return out.view(-1)[:q.numel].view(q.shape).to(q.dtype)
+
+
 def run_case(bnb, name, shape, double_quant):
     w = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 0.02
     ours = quantize_nf4(w, block_size=64, double_quant=double_quant)
     packed, state = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
     calls = max(1, 2 ** 22 // w.numel())  # ~4M values per timed sample
-    fns = {"ours": lambda: dequantize_nf4(ours), "bnb": lambda: bnb.dequantize_4bit(packed, state)}
+    fns = {"ours": lambda: dequantize_nf4(ours), "bnb": lambda: bnb.dequantize_4bit(packed, state),
+           "pair": lambda: dequantize_pair_table(ours)}
+    if not torch.equal(dequantize_pair_table(ours), dequantize_nf4(ours)):
+        raise SystemExit(f"{name}: the 256-entry table's output differs from dequantize_nf4's")
     for f in fns.values():
         f()
     t = interleaved(fns, calls, REPEATS)
@@ -60,7 +79,8 @@ def run_case(bnb, name, shape, double_quant):
             "codes_identical": bool(torch.equal(ours.codes, packed.view(-1))),
             "values_identical_share": same,
             "dequant_ours_ms": t["ours"] * 1e3, "dequant_bnb_ms": t["bnb"] * 1e3,
-            "throughput_ratio_ours_over_bnb": t["bnb"] / t["ours"]}
+            "throughput_ratio_ours_over_bnb": t["bnb"] / t["ours"],
+            "dequant_pair_table_ms": t["pair"] * 1e3, "throughput_ratio_pair_table_over_bnb": t["bnb"] / t["pair"]}
 
 
 def main():
@@ -74,14 +94,16 @@ def main():
         r["write_bound_ms"] = 1e3 * 4 * r["numel"] / bw["write_fresh"]
         r["ours_over_bound"] = r["dequant_ours_ms"] / r["write_bound_ms"]
         r["bnb_over_bound"] = r["dequant_bnb_ms"] / r["write_bound_ms"]
+        r["pair_table_over_bound"] = r["dequant_pair_table_ms"] / r["write_bound_ms"]
     print(f"{'case':<22} {'DQ':>3} | {'bits ours':>9} {'bits bnb':>8} | {'same codes':>10} {'same values':>11} | "
-          f"{'ours':>9} {'bnb':>9} {'ours/bnb throughput':>19}")
+          f"{'ours':>9} {'bnb':>9} {'ours/bnb throughput':>19} | {'256-table':>9} {'/bnb':>5}")
     for r in results:
         print(f"{r['case']:<22} {'yes' if r['double_quant'] else 'no':>3} | {r['bits_per_param_ours']:>9.4f} "
               f"{r['bits_per_param_bnb']:>8.4f} | {str(r['codes_identical']):>10} "
               f"{100 * r['values_identical_share']:>10.2f}% | "
               f"{r['dequant_ours_ms']:>7.3f}ms {r['dequant_bnb_ms']:>7.3f}ms "
-              f"{r['throughput_ratio_ours_over_bnb']:>19.2f}")
+              f"{r['throughput_ratio_ours_over_bnb']:>19.2f} | "
+              f"{r['dequant_pair_table_ms']:>7.3f}ms {r['throughput_ratio_pair_table_over_bnb']:>5.2f}")
     big = [r for r in results if r["numel"] >= 2 ** 20]
     bits_dq = max(r["bits_per_param_ours"] for r in big if r["double_quant"])
     ratios = [r["throughput_ratio_ours_over_bnb"] for r in results]
@@ -92,7 +114,8 @@ def main():
     for r in (r for r in results if r["shape"] == [4096, 4096]):  # large enough that the allocator cannot recycle
         print(f"{r['case']} (DQ {'yes' if r['double_quant'] else 'no'}): writing the "
               f"{4 * r['numel'] / 1e6:.0f} MB output into fresh memory takes {r['write_bound_ms']:.1f} ms alone; "
-              f"ours {r['ours_over_bound']:.2f}x that bound, bitsandbytes {r['bnb_over_bound']:.2f}x")
+              f"ours {r['ours_over_bound']:.2f}x that bound, bitsandbytes {r['bnb_over_bound']:.2f}x, "
+              f"the 256-entry table {r['pair_table_over_bound']:.2f}x")
     print("note: 200 x 784 values differ because bitsandbytes 0.50.2's AVX-512 CPU dequantiser mis-indexes "
           "absmax when the row length is a multiple of 16 but not of the block size; the codes are identical")
     write_text(OUT, json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),

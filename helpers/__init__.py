@@ -17,6 +17,7 @@ Which notebook uses which module:
   `rescale` and SAID's per-block scales for large pre-trained models).
 - `text` (05): all-MiniLM-L6-v2 offline (`load_minilm`), its tokenizer, `embed`, `SentenceClassifier`, SAID's
   blocks (`said_block`, `SAID_EXCLUDE`), `sort_by_length`.
+- `text` (06): `lora_classifier` (the same LoRA four ways: ours, peft, QLoRA ours, QLoRA bitsandbytes), `step_times`.
 - `intrinsic` (03, 04, 05): `sweep`, `baseline`, `dint90`, the toy problem.
 - `analysis` (04): spectra, LoRA subspace similarity, training-step FLOPs (analytic, and as run: `measured_step_flops`).
 - `checks` (every module): the shared argument checks (ValueError naming the value and the fix).

@@ -51,7 +51,7 @@ _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<which>[AB])\.we
 # adapter_config.json keys that describe the file, not the adapter's math: any value is accepted.
 _METADATA_KEYS = {"peft_version", "auto_mapping", "base_model_name_or_path", "revision", "task_type",
                   "inference_mode", "init_lora_weights", "megatron_core", "qalora_group_size", "runtime_config"}
-_CORE_KEYS = {"peft_type", "r", "lora_alpha", "target_modules", "lora_dropout", "use_rslora", "bias"}
+_CORE_KEYS = {"peft_type", "r", "lora_alpha", "target_modules", "lora_dropout", "use_rslora", "bias", "modules_to_save"}
 
 
 def check_lora_args(r, alpha, dropout, rslora) -> None:
@@ -405,7 +405,8 @@ model = PeftModel.from_pretrained(base_model, "path/to/this/folder")
 """
 
 
-def save_adapter(model: nn.Module, directory: str | Path) -> Path:
+def save_adapter(model: nn.Module, directory: str | Path, card: dict | None = None,
+                 extra_files: dict[str, bytes] | None = None, modules_to_save=None) -> Path:
     """Write the model's LoRA adapter to `directory` (created if needed) in peft's layout; returns the path.
 
     Files: adapter_model.safetensors (keys base_model.model.<module>.lora_A.weight / .lora_B.weight),
@@ -413,6 +414,16 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     lora_dropout, use_rslora, bias "none") and a short model card README.md. Only A and B are stored.
     Everything is checked and serialised first, then each file is written beside its target and renamed into
     place, so a refused call leaves an existing adapter in `directory` exactly as it was.
+
+    card (optional, for sharing): {"base_model": str, "task": str, "metrics": {name: number}, and optionally
+    "how_to_load": str (a code block's contents), "versions": {package: version} (default: the installed
+    torch, transformers, peft, safetensors), "notes": str} -> README.md becomes a model card stating the base
+    model, the task, the metrics, how to load it and the pinned versions (`model_card`). Without `card` the
+    short README is written, as before. extra_files (optional): {file name: bytes} written into the folder in
+    the same atomic step (e.g. a classification head as safetensors bytes); plain names only, not the three above.
+    modules_to_save (optional): names of whole modules trained beside the adapter (e.g. ["head"]), stored as peft
+    stores its `modules_to_save` (keys base_model.model.<module>.<parameter>, the config lists them), so
+    `peft.PeftModel.from_pretrained` and `load_adapter` both restore them.
     """
     from safetensors.torch import save
 
@@ -436,11 +447,17 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
                 raise ValueError(f"lora_{which} of layer {name!r} contains NaN or inf (training diverged): an adapter "
                                  "that poisons every output is not saved; retrain with a lower lr")
             tensors[f"{KEY_PREFIX}{name}.lora_{which}.weight"] = w.detach().cpu().contiguous()
+    if modules_to_save is not None:
+        saved = _modules_to_save_tensors(model, modules_to_save)
+        tensors.update(saved)
+        config["modules_to_save"] = list(modules_to_save)
     scaling = config["lora_alpha"] / (math.sqrt(config["r"]) if config["use_rslora"] else config["r"])
     files = {WEIGHTS_NAME: save(tensors, metadata={"format": "pt"}),
              CONFIG_NAME: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
-             "README.md": _MODEL_CARD.format(**config, scaling=scaling, targets=", ".join(config["target_modules"]),
-                                             n_params=sum(t.numel() for t in tensors.values())).encode()}
+             "README.md": (_MODEL_CARD.format(**config, scaling=scaling, targets=", ".join(config["target_modules"]),
+                                              n_params=sum(t.numel() for t in tensors.values())) if card is None
+                           else model_card(config, sum(t.numel() for t in tensors.values()), card)).encode(),
+             **_check_extra_files(extra_files)}
     blocked = [name for name in files if (directory / name).exists() and not (directory / name).is_file()]
     if blocked:
         raise ValueError(f"{', '.join(blocked)} in {directory} is not a file (a folder?): remove it or pick "
@@ -448,6 +465,143 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     _write_files_atomically(directory, files)
     return directory
+
+
+_CARD_KEYS = {"base_model", "task", "metrics", "how_to_load", "versions", "notes"}
+PINNED_PACKAGES = ("torch", "transformers", "peft", "safetensors")
+
+
+def installed_versions(packages=PINNED_PACKAGES) -> dict[str, str]:
+    """{package: installed version} (importlib.metadata), "not installed" for a missing one."""
+    from importlib import metadata
+    out = {}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def model_card(config: dict, n_params: int, card: dict) -> str:
+    """A Hugging Face model card (README.md) for a LoRA adapter: YAML front matter (base_model, library_name,
+    tags, metrics) and sections saying what the adapter is, for which base model and task, how well it does,
+    how to load it, and the versions it was made with. `config` is the adapter_config.json dict, `n_params` the
+    stored LoRA numbers, `card` as in `save_adapter`. ValueError naming the key and the fix on a bad `card`."""
+    if not isinstance(card, dict):
+        raise ValueError(f"card must be a dict such as {{'base_model': ..., 'task': ..., 'metrics': {{...}}}}, got "
+                         f"{type(card).__name__}")
+    unknown = sorted(set(card) - _CARD_KEYS)
+    if unknown:
+        raise ValueError(f"unknown card key(s) {unknown}: use {sorted(_CARD_KEYS)}")
+    for k in ("base_model", "task"):
+        if not isinstance(card.get(k), str) or not card[k].strip():
+            raise ValueError(f"card[{k!r}] must be a non-empty str (the model card states it), got {card.get(k)!r}")
+    metrics = card.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(isinstance(k, str) and isinstance(v, Real) and not isinstance(v, bool)
+                                                and math.isfinite(v) for k, v in metrics.items()):
+        raise ValueError(f"card['metrics'] must map names to finite numbers, e.g. {{'test accuracy': 0.93}}, "
+                         f"got {metrics!r}")
+    versions = card.get("versions", installed_versions())
+    if not isinstance(versions, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in versions.items()):
+        raise ValueError(f"card['versions'] must map package names to version strings, got {versions!r}")
+    for k in ("how_to_load", "notes"):
+        if k in card and not isinstance(card[k], str):
+            raise ValueError(f"card[{k!r}] must be a str, got {type(card[k]).__name__}")
+    how = card.get("how_to_load", "from transformers import AutoModel\nfrom peft import PeftModel\n\n"
+                   f"base = AutoModel.from_pretrained({card['base_model']!r})\n"
+                   "model = PeftModel.from_pretrained(base, \"path/to/this/folder\")  # or the Hub repo id")
+    scaling = config["lora_alpha"] / (math.sqrt(config["r"]) if config["use_rslora"] else config["r"])
+    lines = ["---", f"base_model: {card['base_model']}", "library_name: peft", "tags:", "- lora"]
+    if metrics:
+        lines += ["metrics:"] + [f"- {k}: {v:.4g}" for k, v in metrics.items()]
+    lines += ["---", "", f"# LoRA adapter for {card['base_model']}: {card['task']}", "",
+              f"- **base model**: {card['base_model']}", f"- **task**: {card['task']}",
+              f"- **adapter**: LoRA, rank r = {config['r']}, lora_alpha = {config['lora_alpha']} (scaling "
+              f"{scaling:.4g}), use_rslora = {config['use_rslora']}, lora_dropout = {config['lora_dropout']}, "
+              f"{n_params:,} numbers", f"- **adapted layers**: {', '.join(config['target_modules'])}", ""]
+    if metrics:
+        lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4g} |" for k, v in metrics.items()] + [""]
+    lines += ["## How to load", "", "```python", how, "```", ""]
+    if card.get("notes"):
+        lines += ["## Notes", "", card["notes"], ""]
+    lines += ["## Versions it was made with", ""] + [f"- {k} {v}" for k, v in versions.items()] + [""]
+    return "\n".join(lines)
+
+
+def _check_extra_files(extra_files) -> dict[str, bytes]:
+    """{name: bytes} -> the same dict, or ValueError for a name that is not a plain file name or is reserved."""
+    if extra_files is None:
+        return {}
+    if not isinstance(extra_files, dict):
+        raise ValueError(f"extra_files must be a dict {{file name: bytes}}, got {type(extra_files).__name__}")
+    for name, payload in extra_files.items():
+        if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise ValueError(f"extra file name {name!r} must be a plain file name (no folders), e.g. 'head.safetensors'")
+        if name in (WEIGHTS_NAME, CONFIG_NAME, "README.md"):
+            raise ValueError(f"extra file {name!r} would overwrite the adapter's own file: pick another name, "
+                             "or pass card= for README.md")
+        if not isinstance(payload, (bytes, bytearray)):
+            raise ValueError(f"extra file {name!r} must be bytes (e.g. safetensors.torch.save(tensors)), "
+                             f"got {type(payload).__name__}")
+    return {name: bytes(payload) for name, payload in extra_files.items()}
+
+
+def export_merged(model: nn.Module, directory: str | Path) -> Path:
+    """Merge the LoRA layers into a *copy* of `model` and save it as a plain checkpoint in a new folder.
+
+    The copy's LoRA layers are merged and unloaded (W₀ + s·BA, no LoRA modules left); a transformers model
+    (one with `save_pretrained`, e.g. a BertModel) is saved with it (config.json + model.safetensors, which
+    `AutoModel.from_pretrained(directory)` loads), any other module as model.safetensors of its state_dict.
+    `model` itself is not changed. Refused before anything is written: a model without LoRA layers, a layer
+    that cannot merge (a 4-bit base), and an existing `directory` (an export never overwrites: pick a new
+    folder or delete the old one). The files are written into a temporary folder beside `directory`, which is
+    then renamed into place, so a failure leaves no half-written export.
+    """
+    import copy
+    import shutil
+
+    if not isinstance(directory, (str, Path)) or not str(directory):
+        raise ValueError(f"directory must be a folder path (str or Path), got {directory!r}: e.g. 'adapters/merged'")
+    directory = Path(directory)
+    _check_mergeable(model, lora_layers(model))
+    if directory.exists():
+        raise ValueError(f"{directory.name!r} already exists: a merged export never overwrites a folder; pick a new "
+                         "folder name or delete the old export first")
+    if not directory.parent.is_dir():
+        raise ValueError(f"the parent folder of {directory.name!r} does not exist: create it first")
+    merged = merge_and_unload(copy.deepcopy(model))
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    try:
+        if hasattr(merged, "save_pretrained"):
+            merged.save_pretrained(tmp)
+        else:
+            from safetensors.torch import save_file
+            save_file({k: v.detach().contiguous() for k, v in merged.state_dict().items()}, str(tmp / "model.safetensors"))
+        os.rename(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return directory
+
+
+def _modules_to_save_tensors(model: nn.Module, names) -> dict[str, torch.Tensor]:
+    """peft's keys for whole saved modules: base_model.model.<module>.<parameter> -> tensor (ValueError if absent)."""
+    if isinstance(names, str) or not hasattr(names, "__iter__") or not list(names) or \
+            not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"modules_to_save must be a non-empty list of module names, e.g. ['head'], got {names!r}")
+    modules = dict(model.named_modules())
+    out = {}
+    for name in names:
+        if name not in modules or name in lora_layers(model):
+            raise ValueError(f"modules_to_save: {name!r} is not a (non-LoRA) module of the model; modules at the top "
+                             f"level: {', '.join(n for n in modules if n and '.' not in n)}")
+        for pname, t in modules[name].named_parameters():
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name}.{pname} contains NaN or inf: a module that poisons every output is not saved")
+            out[f"{KEY_PREFIX}{name}.{pname}"] = t.detach().cpu().contiguous()
+    return out
 
 
 def _write_files_atomically(directory: Path, files: dict[str, bytes]) -> None:
@@ -499,6 +653,10 @@ def _read_config(directory: Path) -> dict:
         listed = ", ".join(f"{k}={v!r}" for k, v in sorted(unsupported.items()))
         raise ValueError(f"{CONFIG_NAME} uses features helpers.lora does not implement ({listed}); "
                          "load this adapter with peft.PeftModel.from_pretrained instead")
+    saved = config.get("modules_to_save")
+    if saved is not None and (not isinstance(saved, list) or not all(isinstance(t, str) and t for t in saved)):
+        raise ValueError(f"modules_to_save in {CONFIG_NAME} must be a list of module names, got {saved!r}; "
+                         "save the adapter again")
     targets = config["target_modules"]
     if not isinstance(targets, (str, list)) or (isinstance(targets, list)
                                                 and not all(isinstance(t, str) for t in targets)):
@@ -549,8 +707,14 @@ def load_adapter(model: nn.Module, directory: str | Path, inject: Callable = add
     r = config["r"]
 
     by_module: dict[str, dict[str, torch.Tensor]] = {}
+    saved_names = config.get("modules_to_save") or []
+    whole: dict[str, dict[str, torch.Tensor]] = {}  # peft's modules_to_save: module -> parameter -> tensor
     for key, t in tensors.items():
         match = _KEY.match(key)
+        owner = next((m for m in saved_names if key.startswith(f"{KEY_PREFIX}{m}.")), None)
+        if match is None and owner is not None:
+            whole.setdefault(owner, {})[key[len(f"{KEY_PREFIX}{owner}."):]] = t
+            continue
         if match is None:
             raise ValueError(f"unexpected tensor {key!r} in {WEIGHTS_NAME}: expected only "
                              f"{KEY_PREFIX}<module>.lora_A.weight / .lora_B.weight; this is not a plain LoRA adapter")
@@ -581,6 +745,18 @@ def load_adapter(model: nn.Module, directory: str | Path, inject: Callable = add
                 raise ValueError(f"{KEY_PREFIX}{name}.lora_{which}.weight contains NaN or inf: the adapter is "
                                  "corrupt or its training diverged; save a finite adapter again")
 
+    modules = dict(model.named_modules())
+    for name in saved_names:
+        params = dict(modules[name].named_parameters()) if name in modules else None
+        got = whole.get(name, {})
+        if params is None or set(params) != set(got) or any(params[k].shape != got[k].shape for k in got):
+            have = {k: tuple(v.shape) for k, v in (params or {}).items()}
+            raise ValueError(f"modules_to_save {name!r}: the file holds {({k: tuple(v.shape) for k, v in got.items()})}, "
+                             f"the model has {have if params is not None else 'no such module'}; load it into the "
+                             "model it was trained on (same head size)")
+        if not all(bool(torch.isfinite(v).all()) for v in got.values()):
+            raise ValueError(f"modules_to_save {name!r} contains NaN or inf: the adapter is corrupt")
+
     with torch.random.fork_rng():  # inject draws A's initial values, overwritten below: the caller's RNG is untouched
         inject(model, config["target_modules"], r=r, alpha=config["lora_alpha"], dropout=config["lora_dropout"],
                rslora=config["use_rslora"])
@@ -589,4 +765,8 @@ def load_adapter(model: nn.Module, directory: str | Path, inject: Callable = add
         for name, pair in by_module.items():
             layers[name].lora_A.weight.copy_(pair["A"])
             layers[name].lora_B.weight.copy_(pair["B"])
+        for name, got in whole.items():
+            params = dict(modules[name].named_parameters())
+            for k, v in got.items():
+                params[k].copy_(v)
     return model

@@ -188,3 +188,69 @@ def activation_memory(d_model: int, n_layers: int, n_heads: int, seq_len: int, b
     if checkpointing:
         return n_layers * 2 * seq_len * batch * d_model + per_layer
     return n_layers * per_layer
+
+
+def saved_activation_bytes(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> dict[str, int]:
+    """Bytes autograd keeps for the backward pass of one forward + cross-entropy on (X, y): the activations.
+
+    Every tensor an op saves for backward passes through a `torch.autograd.graph.saved_tensors_hooks` pack
+    hook; each distinct storage is counted once. Saved tensors that are the model's own parameters or buffers
+    cost nothing extra and are reported apart ("parameters"); everything else ("activations": layer inputs,
+    attention probabilities, dropout masks, and e.g. a weight dequantised from 4 bits for this forward) is memory
+    the step adds until backward frees it. The model runs in train mode (as in training) inside
+    `torch.random.fork_rng` (dropout leaves the global RNG as it was) and is put back in its mode; no backward
+    runs, nothing is updated. With gradient checkpointing switched on in the model, what is saved is each
+    checkpointed block's input (and the recomputation during backward adds one block's activations at a time).
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_labels("y", y, len(X))
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[int, tuple[int, bool]] = {}
+
+    def pack(t):
+        if t.device.type != "meta":
+            s = t.untyped_storage()
+            seen[s.data_ptr()] = (s.nbytes(), s.data_ptr() in own)
+        return t
+
+    was_training = model.training
+    try:
+        model.train()
+        with torch.random.fork_rng(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = nn.functional.cross_entropy(model(X), y)
+        del loss
+    finally:
+        model.train(was_training)
+    return {"activations": sum(n for n, is_own in seen.values() if not is_own),
+            "parameters": sum(n for n, is_own in seen.values() if is_own)}
+
+
+def peak_rss(code: str, timeout: float = 300) -> int:
+    """Peak resident memory (bytes) of a fresh Python process that runs `code` (imports included).
+
+    Read at the child's exit from /proc/self/status (VmHWM: the high-water mark of the child's own address space),
+    not from ru_maxrss, which on Linux starts from the RSS of the process that forked the child. Runs this
+    interpreter with one thread (OMP_NUM_THREADS=1). ValueError with the child's last error line if it fails
+    or runs longer than `timeout` seconds; ValueError on a system without /proc (e.g. macOS, Windows).
+    """
+    import os
+    import subprocess
+    import sys
+    if not isinstance(code, str) or not code.strip():
+        raise ValueError("code must be a non-empty str of Python to run in a fresh process")
+    if not os.path.exists("/proc/self/status"):
+        raise ValueError("peak_rss reads /proc/self/status, which this system does not have (Linux only)")
+    report = ("\nimport sys as _s\n_s.stdout.write('\\nVmHWM ' + next(l.split()[1] for l in open('/proc/self/status') "
+              "if l.startswith('VmHWM')) + '\\n')\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-c", code + report], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"the child process ran longer than {timeout} s: raise timeout= or run less code") from None
+    if done.returncode:
+        lines = done.stderr.strip().splitlines()
+        raise ValueError(f"the child process failed (exit {done.returncode}): {lines[-1] if lines else ''}")
+    kib = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("VmHWM ")]
+    return int(kib[-1]) * 1024

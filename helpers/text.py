@@ -414,3 +414,114 @@ def training_embeddings(classifier: SentenceClassifier, X: torch.Tensor, *, step
     finally:
         classifier.train(was_training)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The same LoRA four ways (notebook 06): ours or peft's, over fp32 or NF4 weights
+# ---------------------------------------------------------------------------------------------
+
+LORA_KINDS = ("ours", "peft", "qlora-ours", "qlora-bnb")
+
+
+def lora_classifier(kind: str, seed: int = 0, r: int = 8, alpha: float = 8, targets=("query", "value"),
+                    n_classes: int = 6) -> nn.Module:
+    """all-MiniLM-L6-v2 + a trainable head + LoRA on `targets` (W_q, W_v by default), built one of four ways:
+
+    - "ours": `SentenceClassifier` + `helpers.lora.add_lora`, the head unfrozen (notebook 05's LoRA).
+    - "peft": the same `SentenceClassifier` wrapped by `peft.get_peft_model(LoraConfig(r, lora_alpha=alpha,
+      target_modules=targets, modules_to_save=["head"]))`: peft trains a copy of the head.
+    - "qlora-ours": every nn.Linear of the encoder (37: 6 x 6 in the layers + the pooler) stored in NF4 with
+      double quantisation (`helpers.quant.quantize_model`), then `add_qlora` on `targets`, the head unfrozen.
+    - "qlora-bnb": `transformers.AutoModel.from_pretrained(<packaged model>, quantization_config=
+      BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+      bnb_4bit_compute_dtype=float32), device_map="cpu")` (bitsandbytes' Linear4bit in place of the same 37
+      layers), then peft as in "peft".
+    Embeddings, LayerNorms and the head stay in fp32 in every kind. The head is drawn from `seed`, LoRA's A from
+    `seed` too (inside `torch.random.fork_rng`: the caller's global RNG is untouched; ours and peft draw the same
+    A for the same seed). Every argument is checked before anything is loaded. Returns the model in eval mode.
+    """
+    from helpers.lora import add_lora, check_lora_args
+    if kind not in LORA_KINDS:
+        raise ValueError(f"unknown kind {kind!r}: choose one of {', '.join(LORA_KINDS)}")
+    seed = check_seed(seed)
+    check_lora_args(r, alpha, 0.0, False)
+    n_classes = check_int("n_classes", n_classes, 2, "n_classes=6")
+    if isinstance(targets, str) or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"targets must be a list of layer names, got {targets!r}: e.g. ('query', 'value')")
+    targets = list(targets)
+    if kind == "qlora-bnb":
+        import warnings
+
+        from transformers import AutoModel, BitsAndBytesConfig
+
+        from helpers.quant import import_bitsandbytes
+        _, why_not = import_bitsandbytes()
+        if why_not:
+            raise ValueError(f"kind='qlora-bnb' needs bitsandbytes: {why_not}")
+        cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=torch.float32)
+        from transformers.utils import logging as hf_logging
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                encoder = AutoModel.from_pretrained(str(model_dir()), quantization_config=cfg, device_map="cpu")
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
+        encoder.eval()
+    else:
+        encoder, _ = load_minilm()
+    if kind == "qlora-ours":
+        from helpers.quant import quantize_model
+        quantize_model(encoder)
+    clf = SentenceClassifier(encoder, n_classes, seed=seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if kind in ("ours", "qlora-ours"):
+            if kind == "ours":
+                add_lora(clf, targets, r=r, alpha=alpha)
+            else:
+                from helpers.quant import add_qlora
+                add_qlora(clf, targets, r=r, alpha=alpha)
+            clf.head.requires_grad_(True)
+            return clf.eval()
+        from peft import LoraConfig, get_peft_model
+        config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, modules_to_save=["head"])
+        return get_peft_model(clf, config).eval()
+
+
+def step_times(models: dict, X: torch.Tensor, y: torch.Tensor, repeats: int = 5, steps: int = 2,
+               lr: float = 1e-4) -> dict[str, float]:
+    """Median seconds per training step (forward, cross-entropy, backward, Adam) of each model, timed side by
+    side: each repeat times `steps` steps of every model, in alternating order (forward, then reversed), so
+    load from other processes hits all alike. The models are trained by it (use copies you do not need).
+    One warm-up step each first. Dropout runs inside `torch.random.fork_rng` (the global RNG is untouched)."""
+    import statistics
+    import time
+
+    from helpers.training import OPTIMIZERS, training_step
+    if not isinstance(models, dict) or not models or not all(isinstance(m, nn.Module) for m in models.values()):
+        raise ValueError("models must be a non-empty dict {name: nn.Module}")
+    check_int("repeats", repeats, 1, "repeats=5")
+    check_int("steps", steps, 1, "steps=2")
+    opts = {k: OPTIMIZERS["adam"]([p for p in m.parameters() if p.requires_grad], lr=lr) for k, m in models.items()}
+    times = {k: [] for k in models}
+    names = list(models)
+    with torch.random.fork_rng():
+        for m in models.values():
+            m.train()
+        for k in names:
+            training_step(models[k], opts[k], X, y)
+        for rep in range(repeats):
+            for k in (names if rep % 2 == 0 else names[::-1]):
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    training_step(models[k], opts[k], X, y)
+                times[k].append((time.perf_counter() - t0) / steps)
+        for m in models.values():
+            m.eval()
+    return {k: statistics.median(v) for k, v in times.items()}
