@@ -49,7 +49,8 @@ def bnb_nbytes(packed, state) -> int:
 
 
 # byte -> (level of its high nibble, level of its low nibble): 256 entries of two float32, seen as one float64 each
-PAIR_TABLE = NF4_CODES[torch.stack([torch.arange(256) >> 4, torch.arange(256) & 15], 1)].contiguous().view(torch.float64).view(-1)
+_NIBBLES = torch.stack([torch.arange(256) >> 4, torch.arange(256) & 15], 1)
+PAIR_TABLE = NF4_CODES[_NIBBLES].contiguous().view(torch.float64).view(-1)
 
 
 def dequantize_pair_table(q):

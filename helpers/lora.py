@@ -503,7 +503,8 @@ def model_card(config: dict, n_params: int, card: dict) -> str:
         raise ValueError(f"card['metrics'] must map names to finite numbers, e.g. {{'test accuracy': 0.93}}, "
                          f"got {metrics!r}")
     versions = card.get("versions", installed_versions())
-    if not isinstance(versions, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in versions.items()):
+    if not isinstance(versions, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in versions.items()):
         raise ValueError(f"card['versions'] must map package names to version strings, got {versions!r}")
     for k in ("how_to_load", "notes"):
         if k in card and not isinstance(card[k], str):
@@ -538,7 +539,8 @@ def _check_extra_files(extra_files) -> dict[str, bytes]:
         raise ValueError(f"extra_files must be a dict {{file name: bytes}}, got {type(extra_files).__name__}")
     for name, payload in extra_files.items():
         if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
-            raise ValueError(f"extra file name {name!r} must be a plain file name (no folders), e.g. 'head.safetensors'")
+            raise ValueError(f"extra file name {name!r} must be a plain file name (no folders), "
+                             "e.g. 'head.safetensors'")
         if name in (WEIGHTS_NAME, CONFIG_NAME, "README.md"):
             raise ValueError(f"extra file {name!r} would overwrite the adapter's own file: pick another name, "
                              "or pass card= for README.md")
@@ -578,7 +580,8 @@ def export_merged(model: nn.Module, directory: str | Path) -> Path:
             merged.save_pretrained(tmp)
         else:
             from safetensors.torch import save_file
-            save_file({k: v.detach().contiguous() for k, v in merged.state_dict().items()}, str(tmp / "model.safetensors"))
+            tensors = {k: v.detach().contiguous() for k, v in merged.state_dict().items()}
+            save_file(tensors, str(tmp / "model.safetensors"))
         os.rename(tmp, directory)
     finally:
         if tmp.exists():
@@ -751,7 +754,8 @@ def load_adapter(model: nn.Module, directory: str | Path, inject: Callable = add
         got = whole.get(name, {})
         if params is None or set(params) != set(got) or any(params[k].shape != got[k].shape for k in got):
             have = {k: tuple(v.shape) for k, v in (params or {}).items()}
-            raise ValueError(f"modules_to_save {name!r}: the file holds {({k: tuple(v.shape) for k, v in got.items()})}, "
+            held = {k: tuple(v.shape) for k, v in got.items()}
+            raise ValueError(f"modules_to_save {name!r}: the file holds {held}, "
                              f"the model has {have if params is not None else 'no such module'}; load it into the "
                              "model it was trained on (same head size)")
         if not all(bool(torch.isfinite(v).all()) for v in got.values()):

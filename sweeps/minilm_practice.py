@@ -55,7 +55,8 @@ def lora_lr() -> float:
 
 def config() -> dict:
     return {"steps": STEPS, "batch_size": BATCH, "eval_every": EVAL_EVERY, "r": RANK, "lora_alpha": LORA_ALPHA,
-            "lora_targets": list(LORA_TARGETS), "lr": lora_lr(), "lr_from": "sweeps/minilm_results.json, lr/lora/pre-trained/8",
+            "lora_targets": list(LORA_TARGETS), "lr": lora_lr(),
+            "lr_from": "sweeps/minilm_results.json, lr/lora/pre-trained/8",
             "max_len": 32, "optimizer": "adam (constant lr)", "seeds": list(SEEDS)}
 
 

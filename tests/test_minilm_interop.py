@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from conftest import says, unchanged
 from safetensors.torch import load_file, save
 
 import helpers.text as T
-from conftest import says, unchanged
 from helpers.lora import export_merged, load_adapter, lora_layers, merge_lora, save_adapter
 from helpers.quant import import_bitsandbytes, quantize_nf4
 
@@ -41,7 +41,7 @@ def _perturb(model, seed=0):
     """Give every LoRA B and the head non-zero values, so an adapter that was not loaded shows."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
     return model
@@ -186,4 +186,5 @@ def test_lora_classifier_ours_is_notebook_05s_lora_model():
     mine = T.lora_classifier("ours", seed=1)
     a, b = nb05.state_dict(), mine.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [n for n, p in nb05.named_parameters() if p.requires_grad] == [n for n, p in mine.named_parameters() if p.requires_grad]
+    trainable = [[n for n, p in m.named_parameters() if p.requires_grad] for m in (nb05, mine)]
+    assert trainable[0] == trainable[1]

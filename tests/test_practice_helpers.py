@@ -1,9 +1,9 @@
 """The helpers notebook 06 adds: saved_activation_bytes, peak_rss (helpers.memory) and step_times (helpers.text)."""
 import pytest
 import torch
+from conftest import says, unchanged
 from torch import nn
 
-from conftest import says, unchanged
 from helpers.memory import peak_rss, saved_activation_bytes
 from helpers.text import step_times
 
