@@ -1,4 +1,5 @@
-"""Shared by the sweep scripts: a results file is rewritten atomically after every run."""
+"""Shared by the sweep scripts: a results file is rewritten atomically after every run, and read back only if it was
+written with the script's current settings."""
 from __future__ import annotations
 
 import json
@@ -21,3 +22,23 @@ def write_json(path: Path, data: dict, *, indent: int | None = None) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_results(path: Path, config: dict) -> dict:
+    """The results file at `path`, or an empty one ({"config": config, "runs": []}) if there is none yet.
+
+    A file written with other settings is refused (SystemExit naming the way out), so that a resumed sweep never mixes
+    runs of two configurations. One exception: the learning-rate grids may grow (a family whose best lr sat at the
+    edge of its grid gets one more value); every other setting must be the one the finished points ran with. The
+    returned data carries `config` (the current one)."""
+    path = Path(path)
+    if not path.exists():
+        return {"config": config, "runs": []}
+    data = json.loads(path.read_text())
+    stored, current = dict(data.get("config", {})), dict(config)
+    old_grid, new_grid = stored.pop("lr_grid", {}), current.pop("lr_grid", {})
+    if stored != current or any(not set(v) <= set(new_grid.get(k, ())) for k, v in old_grid.items()):
+        raise SystemExit(f"{path} was written with another configuration: move it away (or delete it) to start over, "
+                         "or restore the settings it records")
+    data["config"] = config
+    return data

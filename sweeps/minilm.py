@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from sweeps._results import read_results  # noqa: E402
 from sweeps._results import write_json as _write_json  # noqa: E402
 
 RESULTS = ROOT / "sweeps" / "minilm_results.json"
@@ -240,18 +241,7 @@ def locked(path: Path):
 
 
 def read(path: Path) -> dict:
-    if not path.exists():
-        return {"config": config(), "runs": []}
-    data = json.loads(path.read_text())
-    stored, current = dict(data.get("config", {})), config()
-    old_grid, new_grid = stored.pop("lr_grid", {}), current.pop("lr_grid")
-    # the learning-rate grids may grow (a family whose best lr sat at the edge of its grid gets one more value);
-    # every other setting must be the one the finished points ran with
-    if stored != current or any(not set(v) <= set(new_grid.get(k, ())) for k, v in old_grid.items()):
-        raise SystemExit(f"{path} was written with another configuration: move it away (or delete it) to start over, "
-                         "or restore the settings it records")
-    data["config"] = config()
-    return data
+    return read_results(path, config())
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from sweeps import minilm as base  # noqa: E402
-from sweeps._results import write_json  # noqa: E402
+from sweeps._results import read_results, write_json  # noqa: E402
 
 RESULTS = ROOT / "sweeps" / "minilm_controls_results.json"
 BASE_RESULTS = ROOT / "sweeps" / "minilm_results.json"
@@ -194,16 +194,7 @@ def run_point(p: dict, data: dict) -> dict:
 
 
 def read(path: Path) -> dict:
-    if not path.exists():
-        return {"config": config(), "runs": []}
-    data = json.loads(path.read_text())
-    stored, current = dict(data.get("config", {})), config()
-    old_grid, new_grid = stored.pop("lr_grid", {}), current.pop("lr_grid")
-    if stored != current or any(not set(v) <= set(new_grid.get(k, ())) for k, v in old_grid.items()):
-        raise SystemExit(f"{path} was written with another configuration: move it away to start over, or restore "
-                         "the settings it records")
-    data["config"] = config()
-    return data
+    return read_results(path, config())
 
 
 def main() -> None:
