@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from torch import nn
 
@@ -113,3 +114,16 @@ def unchanged(models=(), dirs=(), tensors=(), frames=(), rng=True):
 def says(*fragments: str) -> str:
     """A `match=` regex: the literal fragments, in this order, anywhere in the message."""
     return "(?s)" + ".*".join(re.escape(f) for f in fragments)
+
+
+@pytest.fixture(scope="module")
+def offline_one_thread():
+    """For the MiniLM tests: transformers never reaches for the network, and torch runs one thread (as the notebooks
+    do); both restored after the module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(threads)

@@ -20,15 +20,7 @@ QUESTIONS = ["How did serfdom develop in and then leave Russia ?", "Who was Buff
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline_one_thread():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("offline_one_thread")  # conftest: offline, one thread, per module
 
 
 @pytest.fixture(scope="module")
