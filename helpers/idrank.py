@@ -81,6 +81,74 @@ def pretrain_body(X: torch.Tensor, y: torch.Tensor) -> torch.nn.Module:
     return model
 
 
+def with_vera(model: torch.nn.Module, r: int, seed: int, targets, bias: str = "all") -> torch.nn.Module:
+    """peft's VeRA (VeraConfig, get_peft_model) of rank r on `targets`, the module named "head" trained in full
+    (modules_to_save), biases per `bias` ("all": every bias trained; "none"). The frozen random A and B come from
+    projection_prng_key=seed; the caller's global RNG is left as it was."""
+    import warnings
+
+    from peft import VeraConfig, get_peft_model
+    r, seed = check_int("r", r, 1, "r=256"), check_seed(seed)
+    with warnings.catch_warnings():  # save_projection=False warns that A and B are not saved: nothing is saved here
+        warnings.simplefilter("ignore")
+        cfg = VeraConfig(r=r, target_modules=list(targets), modules_to_save=["head"], projection_prng_key=seed,
+                         save_projection=False, bias=bias)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return get_peft_model(model, cfg)
+
+
+MLP_METHODS = ("full", "head", "lora_head", "subspace", "vera")
+
+
+def mlp_model(start: str, method: str, size: int, seed: int, n_out: int, body: torch.nn.Module | None = None,
+              alpha: float = 8, random_seed_offset: int = 100) -> torch.nn.Module:
+    """A target task's model, ready for `helpers.training.train`: the start with the method applied.
+
+    start: "pre-trained" (a deep copy of `body` with a fresh head of n_out outputs drawn from `seed`) or "random"
+    (mlp(seed=random_seed_offset + seed)). method: "full" (everything trains), "head" (the head alone), "lora_head"
+    (LoRA of rank `size` on fc1 and fc2 with α = alpha, A drawn from `seed`, plus the head and every bias; size 0:
+    the head and the biases alone), "subspace" (Fastfood θ^(size) over all parameters, P from `seed`), "vera"
+    (`with_vera` of rank `size` on fc1 and fc2, plus the head and every bias)."""
+    import copy
+
+    from helpers.lora import add_lora
+    from helpers.models import mlp, with_new_head
+    from helpers.subspace import SubspaceModel
+    if start not in ("pre-trained", "random"):
+        raise ValueError(f"start must be 'pre-trained' or 'random', got {start!r}")
+    if method not in MLP_METHODS:
+        raise ValueError(f"method must be one of {MLP_METHODS}, got {method!r}")
+    if start == "pre-trained" and body is None:
+        raise ValueError("start='pre-trained' needs body= (pretrain_body's network)")
+    size, seed, n_out = check_int("size", size, 0, "size=4"), check_seed(seed), check_int("n_out", n_out, 1, "n_out=2")
+    if start == "random":
+        model = mlp((*MLP_SIZES, n_out), seed=random_seed_offset + seed)
+    else:
+        model = copy.deepcopy(with_new_head(body, n_out, seed=seed))
+    if method == "full":
+        return model
+    if method == "head":
+        model.requires_grad_(False)
+        model.head.requires_grad_(True)
+        return model
+    if method == "lora_head":
+        if size > 0:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)  # LoRA's A is drawn from the global generator
+                add_lora(model, ["fc1", "fc2"], r=size, alpha=alpha)
+        else:
+            model.requires_grad_(False)
+        model.head.requires_grad_(True)
+        for name in ("fc1", "fc2"):
+            layer = getattr(model, name)
+            getattr(layer, "base", layer).bias.requires_grad_(True)
+        return model
+    if method == "vera":
+        return with_vera(model, size, seed, ["fc1", "fc2"])
+    return SubspaceModel(model, size, projection="fastfood", seed=seed)
+
+
 def lora_head_count(r: int, n_out: int, sizes=MLP_SIZES) -> int:
     """Trainable numbers of LoRA of rank r on every hidden layer (A: r x in, B: out x r) plus the whole head and
     every hidden bias (modules_to_save=["head"], bias="all"). r = 0 is the head and the biases alone."""

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import fcntl
 import json
 import math
@@ -48,7 +47,6 @@ import re
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,55 +222,12 @@ def plan(runs: dict) -> list[dict]:
 # One point
 # ---------------------------------------------------------------------------------------------
 
-def _vera(model: torch.nn.Module, r: int, seed: int, targets) -> torch.nn.Module:
-    from peft import VeraConfig, get_peft_model
-    with warnings.catch_warnings():  # save_projection=False warns; nothing is saved here
-        warnings.simplefilter("ignore")
-        cfg = VeraConfig(r=r, target_modules=list(targets), modules_to_save=["head"], projection_prng_key=seed,
-                         save_projection=False, bias="all" if targets == ["fc1", "fc2"] else "none")
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            return get_peft_model(model, cfg)
-
-
-def mlp_model(p: dict, task: dict, body: torch.nn.Module) -> torch.nn.Module:
-    """The model of MLP point p: the start (pre-trained body with a fresh head, or a fresh net) with the method."""
-    from helpers.idrank import MLP_SIZES
-    from helpers.lora import add_lora
-    from helpers.models import mlp, with_new_head
-    from helpers.subspace import SubspaceModel
-    n_out, seed, method = task["n_out"], p["seed"], p["method"]
-    if p["start"] == "random":
-        model = mlp((*MLP_SIZES, n_out), seed=RANDOM_SEED_OFFSET + seed)
-    else:
-        model = copy.deepcopy(with_new_head(body, n_out, seed=seed))
-    if method == "full":
-        return model
-    if method == "head":
-        model.requires_grad_(False)
-        model.head.requires_grad_(True)
-        return model
-    if method == "lora_head":
-        if p["size"] > 0:
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)  # LoRA's A is drawn from the global generator
-                add_lora(model, ["fc1", "fc2"], r=p["size"], alpha=ALPHA)
-        else:
-            model.requires_grad_(False)
-        model.head.requires_grad_(True)
-        for name in ("fc1", "fc2"):
-            layer = getattr(model, name)
-            getattr(layer, "base", layer).bias.requires_grad_(True)
-        return model
-    if method == "vera":
-        return _vera(model, p["size"], seed, ["fc1", "fc2"])
-    return SubspaceModel(model, p["size"], projection="fastfood", seed=seed)
-
-
 def run_mlp(p: dict, data: dict) -> dict:
+    from helpers.idrank import mlp_model
     from helpers.training import TrainingDiverged, evaluate, train
     task = data["tasks"][p["task"]]
-    model = mlp_model(p, task, data["body"])
+    model = mlp_model(p["start"], p["method"], p["size"], p["seed"], task["n_out"], data["body"], alpha=ALPHA,
+                      random_seed_offset=RANDOM_SEED_OFFSET)
     trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
     X, y = task["fit" if p["stage"] == "lr" else "train"]
     t0 = time.perf_counter()
@@ -318,7 +273,8 @@ def text_model(p: dict, encoder):
         clf.head.requires_grad_(True)
         return clf, None
     if m == "vera":
-        return _vera(clf, p["size"], p["seed"], list(TEXT_LORA_TARGETS)), None
+        from helpers.idrank import with_vera
+        return with_vera(clf, p["size"], p["seed"], TEXT_LORA_TARGETS, bias="none"), None
     model = SubspaceModel(clf, p["size"], "fastfood", seed=p["seed"], exclude=SAID_EXCLUDE, rescale=("head",),
                           said=True, groups=said_block, compact=True)
     return model, {"lambdas": TEXT_LAMBDA_LR}
@@ -459,7 +415,7 @@ def main() -> None:
     if args.dry:
         return
     t0 = time.perf_counter()
-    cmd = ([sys.executable, __file__, "--worker", "--results", str(path)] + (["--only", args.only] if args.only else []))
+    cmd = [sys.executable, __file__, "--worker", "--results", str(path)] + (["--only", args.only] if args.only else [])
     procs = []
     for _ in range(args.workers):
         procs.append(subprocess.Popen(cmd))
