@@ -255,3 +255,55 @@ def loglog_slope(x, y) -> tuple[float, float]:
         raise ValueError("x and y must be positive, of the same length >= 2")
     b, a = np.polyfit(np.log10(x), np.log10(y), 1)
     return float(b), float(a)
+
+
+def complete_sizes(runs: pd.DataFrame, seeds) -> pd.DataFrame:
+    """The runs of the sizes that have every one of `seeds` (a partly finished grid keeps its finished sizes)."""
+    seeds = set(seeds)
+    ok = runs.groupby("size")["seed"].agg(lambda s: seeds <= set(s))
+    return runs[runs["size"].isin(ok[ok].index) & runs["seed"].isin(seeds)]
+
+
+def gap_estimates(runs: pd.DataFrame, *, level: float = 0.9, n_boot: int = 1000, seed: int = 0,
+                  anchor: str | None = "lora_head") -> dict:
+    """d_int90 and r90 of one task from one start under the gap rule, from its final runs.
+
+    runs: one task and start's final runs, columns method, size, seed, trainable, test_acc; methods "full" and
+    "head" (size 0) give the baseline and the reference (one value per seed: resampled with the seeds), and each
+    other method a curve: "subspace" / "said" read in d (the subspace size), "lora_head" / "lora" / "vera" in their
+    trainable count. Threshold = head + level × (full − head) (helpers.intrinsic.dint90, rule="gap",
+    interpolate=True: log-linear between the last size below and the first above). `anchor`'s size-0 runs (the
+    head and biases with no adapter), if present, are also the first point of the "vera" curve; for the text
+    tasks (anchor=None) the head's runs are the size-0 point of "lora" and "vera".
+    Returns {"full", "head": per-seed accuracies, "gap": mean full − mean head, "gap_se": its standard error,
+    "resolved": gap > 2 gap_se, method: dint90's dict for each curve method with >= 2 complete sizes}. Methods whose
+    runs are missing are left out; an unresolved gap (the head alone does as well as full fine-tuning, within
+    noise) gives no crossings.
+    """
+    from helpers.intrinsic import dint90
+    need = {"method", "size", "seed", "trainable", "test_acc"} - set(runs.columns)
+    if need:
+        raise ValueError(f"runs have no column {sorted(need)}: pass the sweep's final runs of one task and start")
+    full = runs[runs.method == "full"].sort_values("seed")["test_acc"].to_numpy(dtype=float)
+    head_runs = runs[runs.method == "head"].sort_values("seed")
+    head = head_runs["test_acc"].to_numpy(dtype=float)
+    if len(full) < 2 or len(head) < 2:
+        raise ValueError(f"need >= 2 seeds of full and head, got {len(full)} and {len(head)}")
+    gap = float(full.mean() - head.mean())
+    se = float(math.sqrt(full.var(ddof=1) / len(full) + head.var(ddof=1) / len(head)))
+    out = {"full": full, "head": head, "gap": gap, "gap_se": se, "resolved": gap > 2 * se}
+    if not out["resolved"]:
+        return out
+    seeds = sorted(set(head_runs["seed"]))
+    zero = runs[(runs.method == anchor) & (runs["size"] == 0)] if anchor else head_runs.assign(size=0)
+    for method in sorted(set(runs.method) - {"full", "head"}):
+        curve = runs[runs.method == method]
+        if method in ("vera", "lora") or (method == "lora_head" and anchor is None):
+            curve = pd.concat([zero.assign(method=method), curve[curve["size"] > 0]])
+        curve = complete_sizes(curve, seeds)
+        if curve["size"].nunique() < 2:
+            continue
+        size = "size" if method in ("subspace", "said") else "trainable"
+        out[method] = dint90(crossing_table(curve, size=size), full, rule="gap", reference=head, level=level,
+                             interpolate=True, n_boot=n_boot, seed=seed)
+    return out

@@ -15,7 +15,9 @@ from 200 images), each fine-tuned from the 784-200-200 network pre-trained on th
   validation split (never the test set), at the size LR_SIZE; a best lr at an end of the tried range gets the next
   step of LR_LADDER beyond it (at most MAX_EXTEND steps). One lr per method serves all its sizes (as notebook 04).
 - stage "final": seeds 0-2 at the chosen lr, STEPS Adam steps of batch BATCH on the task's training images, test
-  accuracy after the last step. Sizes: the coarse grids (LoRA ranks and d in factor-2 steps), then, once a method's
+  accuracy after the last step (the subspace's lr scaled by √(LR_SIZE / d), helpers.intrinsic.subspace_lr, as
+  notebook 03 does: Adam's step in θ^(D) grows as √d, and one fixed lr had the d = 25,600 runs fall to 79 % on
+  parity). Sizes: the coarse grids (LoRA ranks and d in factor-2 steps), then, once a method's
   coarse grid, full and head are all done, the geometric midpoints of the three grid intervals around the
   crossing of its seed-mean curve with the gap rule's threshold (head + 0.9 × (full - head)), so that the grid is
   √2-dense where the answer is read.
@@ -88,6 +90,7 @@ def config() -> dict:
             "pretrained_tasks": list(PRETRAINED_TASKS), "random_tasks": list(RANDOM_TASKS),
             "random_seed_offset": RANDOM_SEED_OFFSET, "ranks": list(RANKS), "dims": list(DIMS),
             "vera_ranks": list(VERA_RANKS), "lr_size": LR_SIZE,
+            "subspace_lr": "chosen lr x sqrt(lr_size / d) (helpers.intrinsic.subspace_lr, as notebook 03)",
             "lr_grid": {m: list(v) for m, v in LR_GRID.items()}, "lr_ladder": list(LR_LADDER),
             "max_extend": MAX_EXTEND, "lora_head": {"targets": ["fc1", "fc2"], "modules_to_save": ["head"],
                                                     "bias": "all"},
@@ -224,15 +227,19 @@ def plan(runs: dict) -> list[dict]:
 
 def run_mlp(p: dict, data: dict) -> dict:
     from helpers.idrank import mlp_model
+    from helpers.intrinsic import subspace_lr
     from helpers.training import TrainingDiverged, evaluate, train
     task = data["tasks"][p["task"]]
     model = mlp_model(p["start"], p["method"], p["size"], p["seed"], task["n_out"], data["body"], alpha=ALPHA,
                       random_seed_offset=RANDOM_SEED_OFFSET)
     trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
     X, y = task["fit" if p["stage"] == "lr" else "train"]
+    lr = p["lr"]
+    if p["method"] == "subspace":  # Adam's step in θ^(D) grows as √d: one lr chosen at LR_SIZE, scaled per d
+        lr = subspace_lr(lr, p["size"], LR_SIZE["subspace"])
     t0 = time.perf_counter()
     try:
-        train(model, X, y, steps=STEPS, lr=p["lr"], batch_size=BATCH, seed=p["seed"], progress=False)
+        train(model, X, y, steps=STEPS, lr=lr, batch_size=BATCH, seed=p["seed"], progress=False)
     except TrainingDiverged as e:
         return {"trainable": trainable, "diverged": str(e), "val_acc": 0.0 if p["stage"] == "lr" else None,
                 "test_acc": None, "wall_seconds": time.perf_counter() - t0}
