@@ -215,36 +215,35 @@ def spearman(x, y) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def bootstrap_spearman(x_samples, y_samples, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+def bootstrap_spearman(x, y, x_samples, y_samples, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """Spearman's ρ between two per-task estimates with a bootstrap over tasks and seeds.
 
-    x_samples, y_samples: one array per task of that task's bootstrap estimates over its seeds (e.g. dint90's
-    boot_samples; inf where a resample never reached the threshold). Each of `n_boot` draws resamples the tasks
-    with replacement and, for each drawn task, takes one of its seed-bootstrap estimates of x and one of y (drawn
-    independently: the two methods' seeds are independent runs). Draws with an inf are skipped.
-    Returns {"rho": ρ of the tasks' sample medians, "low", "high": the (1-level)/2 and (1+level)/2 quantiles,
+    x, y: the tasks' estimates (finite); x_samples, y_samples: one array per task of that task's bootstrap
+    estimates over its seeds (e.g. dint90's boot_samples; inf where a resample never reached the threshold).
+    Each of `n_boot` draws resamples the tasks with replacement and, for each drawn task, takes one of its
+    seed-bootstrap estimates of x and one of y (drawn independently: the two methods' seeds are independent runs).
+    Draws with an inf are skipped.
+    Returns {"rho": spearman(x, y), "low", "high": the (1-level)/2 and (1+level)/2 quantiles,
     "samples": the finite draws, "n_tasks"}.
     """
     n_boot, seed = check_int("n_boot", n_boot, 1, "n_boot=2000"), check_seed(seed)
     xs, ys = [np.asarray(v, dtype=float) for v in x_samples], [np.asarray(v, dtype=float) for v in y_samples]
-    if len(xs) != len(ys) or len(xs) < 3 or any(v.size == 0 for v in xs + ys):
+    if len(xs) != len(ys) or len(xs) != len(x) or len(xs) < 3 or any(v.size == 0 for v in xs + ys):
         raise ValueError(f"need one non-empty sample array per task for x and y, at least 3 tasks; got {len(xs)} "
                          f"and {len(ys)}")
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n_boot):
         idx = rng.integers(0, len(xs), len(xs))
-        x = np.array([xs[i][rng.integers(0, xs[i].size)] for i in idx])
-        y = np.array([ys[i][rng.integers(0, ys[i].size)] for i in idx])
-        if np.isfinite(x).all() and np.isfinite(y).all():
-            rho = spearman(x, y)
+        bx = np.array([xs[i][rng.integers(0, xs[i].size)] for i in idx])
+        by = np.array([ys[i][rng.integers(0, ys[i].size)] for i in idx])
+        if np.isfinite(bx).all() and np.isfinite(by).all():
+            rho = spearman(bx, by)
             if not math.isnan(rho):
                 out.append(rho)
-    med_x = [float(np.median(v)) for v in xs]
-    med_y = [float(np.median(v)) for v in ys]
     samples = np.array(out)
     lo, hi = (np.quantile(samples, [(1 - level) / 2, (1 + level) / 2]) if len(samples) else (math.nan, math.nan))
-    return {"rho": spearman(med_x, med_y), "low": float(lo), "high": float(hi), "samples": samples,
+    return {"rho": spearman(x, y), "low": float(lo), "high": float(hi), "samples": samples,
             "n_tasks": len(xs)}
 
 
