@@ -18,9 +18,9 @@ from 200 images), each fine-tuned from the 784-200-200 network pre-trained on th
   accuracy after the last step (the subspace's lr scaled by √(LR_SIZE / d), helpers.intrinsic.subspace_lr, as
   notebook 03 does: Adam's step in θ^(D) grows as √d, and one fixed lr had the d = 25,600 runs fall to 79 % on
   parity). Sizes: the coarse grids (LoRA ranks and d in factor-2 steps), then, once a method's
-  coarse grid, full and head are all done, the geometric midpoints of the three grid intervals around the
-  crossing of its seed-mean curve with the gap rule's threshold (head + 0.9 × (full - head)), so that the grid is
-  √2-dense where the answer is read.
+  coarse grid, full and head are all done, the geometric midpoints of the three grid intervals around each
+  crossing of its seed-mean curve with the gap rule's thresholds (head + level × (full - head), level 0.5 and 0.9),
+  so that the grid is √2-dense where the answers are read.
 
 Text tasks on all-MiniLM-L6-v2 (notebook 05's setting: max_len 32, batch 16, 200 steps, sweeps/minilm.py's
 learning rates, chosen there on TREC-6's validation split): SMS spam and movie-review snippets (helpers.idrank.
@@ -62,6 +62,7 @@ from sweeps._results import write_json as _write_json  # noqa: E402
 
 RESULTS = ROOT / "sweeps" / "id_vs_rank_results.json"
 STEPS, BATCH, ALPHA, SEEDS, LEVEL = 150, 128, 8, (0, 1, 2), 0.9
+REFINE_LEVELS = (0.5, 0.9)  # the grid is made √2-dense around the crossings of these levels of the gap
 RANDOM_SEED_OFFSET = 100
 PRETRAINED_TASKS = ("parity", "ge5", "mod3", "digits", "rot90", "parity200")
 RANDOM_TASKS = ("parity", "ge5", "rot90")
@@ -87,6 +88,7 @@ TEXT_N_CLASSES = {"trec6": 6, "sms_spam": 2, "movie": 2}
 def config() -> dict:
     return {"steps": STEPS, "batch_size": BATCH, "lora_alpha": ALPHA, "seeds": list(SEEDS), "level": LEVEL,
             "rule": "gap: head + level x (full - head), seed means, log-interpolated first crossing",
+            "refine_levels": list(REFINE_LEVELS),
             "pretrained_tasks": list(PRETRAINED_TASKS), "random_tasks": list(RANDOM_TASKS),
             "random_seed_offset": RANDOM_SEED_OFFSET, "ranks": list(RANKS), "dims": list(DIMS),
             "vera_ranks": list(VERA_RANKS), "lr_size": LR_SIZE,
@@ -155,23 +157,24 @@ def _mean_acc(runs: dict, task: str, start: str, method: str, size: int) -> floa
 
 
 def refinements(runs: dict, task: str, start: str, method: str, grid: tuple) -> list[int]:
-    """Midpoints of the grid intervals around the seed-mean crossing of the gap rule's threshold (the interval of
-    the crossing and its two neighbours), once the coarse grid and the full and head baselines are done."""
+    """Midpoints of the grid intervals around the seed-mean crossings of the gap rule's thresholds
+    (head + level × (full − head) for each of REFINE_LEVELS: the interval of each crossing and its two neighbours),
+    once the coarse grid and the full and head baselines are done."""
     full, head = (_mean_acc(runs, task, start, m, 0) for m in ("full", "head"))
     curve = [_mean_acc(runs, task, start, method, s) for s in grid]
     if full is None or head is None or any(c is None for c in curve) or full <= head:
         return []
-    threshold = head + LEVEL * (full - head)
-    hit = [i for i, c in enumerate(curve) if c >= threshold]
-    if not hit:
-        return []
     out = []
-    for j in (hit[0] - 2, hit[0] - 1, hit[0]):
-        if 0 <= j < len(grid) - 1 and grid[j] > 0:
-            mid = int(round(math.sqrt(grid[j] * grid[j + 1])))
-            if grid[j] < mid < grid[j + 1]:
-                out.append(mid)
-    return out
+    for level in REFINE_LEVELS:
+        hit = [i for i, c in enumerate(curve) if c >= head + level * (full - head)]
+        if not hit:
+            continue
+        for j in (hit[0] - 2, hit[0] - 1, hit[0]):
+            if 0 <= j < len(grid) - 1 and grid[j] > 0:
+                mid = int(round(math.sqrt(grid[j] * grid[j + 1])))
+                if grid[j] < mid < grid[j + 1] and mid not in out:
+                    out.append(mid)
+    return sorted(out)
 
 
 def _mlp_plan(runs: dict, task: str, start: str) -> list[dict]:

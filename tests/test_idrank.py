@@ -188,9 +188,9 @@ def test_sweep_plan_order_and_refinements(sweep):
             runs[sweep.key(dict(p, seed=s))] = dict(p, seed=s, key=sweep.key(dict(p, seed=s)))
     add(method="full", size=0, test_acc=0.95)
     add(method="head", size=0, test_acc=0.85)
-    for d in sweep.DIMS:  # threshold 0.94: first reached at d = 800
-        add(method="subspace", size=d, test_acc=0.95 if d >= 800 else 0.9)
-    assert sweep.refinements(runs, "parity", "pre-trained", "subspace", sweep.DIMS) == [283, 566, 1131]
+    for d in sweep.DIMS:  # thresholds 0.90 (level 0.5: first reached at d = 100) and 0.94 (level 0.9: at d = 800)
+        add(method="subspace", size=d, test_acc=0.95 if d >= 800 else 0.9 if d >= 100 else 0.85)
+    assert sweep.refinements(runs, "parity", "pre-trained", "subspace", sweep.DIMS) == [35, 71, 141, 283, 566, 1131]
     assert sweep.refinements(runs, "parity", "pre-trained", "lora_head", sweep.RANKS) == []  # grid not run yet
 
 
