@@ -29,8 +29,8 @@ head, full, LoRA and SAID runs are notebook 05's stored sweeps, so here it only 
 TREC-6's validation split, then used for every text task). Text runs are scored once, after the last step, on their
 test set.
 
-Priority order, so that an interrupted sweep leaves a coherent prefix: every MLP task's full grid (pre-trained, then
-random), then the text tasks (baselines first). Results go to sweeps/id_vs_rank_results.json, written atomically
+Priority order, so that an interrupted sweep leaves a coherent prefix: every MLP task's full grid (parity, >= 5 and
+rotated digits from both starts first, then the other pre-trained tasks), then the text tasks (baselines first). Results go to sweeps/id_vs_rank_results.json, written atomically
 after every point (sweeps/_results.py; a file written with other settings is refused). `--workers N` runs N
 one-thread worker processes that claim points under a lock (a dead process's claim is released); the file
 sweeps/id_vs_rank_results.stop makes every worker stop before its next point. `--only REGEX` restricts a run to
@@ -64,8 +64,11 @@ RESULTS = ROOT / "sweeps" / "id_vs_rank_results.json"
 STEPS, BATCH, ALPHA, SEEDS, LEVEL = 150, 128, 8, (0, 1, 2), 0.9
 REFINE_LEVELS = (0.5, 0.9)  # the grid is made √2-dense around the crossings of these levels of the gap
 RANDOM_SEED_OFFSET = 100
-PRETRAINED_TASKS = ("parity", "ge5", "mod3", "digits", "rot90", "parity200")
+PRETRAINED_TASKS = ("parity", "ge5", "rot90", "mod3", "parity200", "digits")
 RANDOM_TASKS = ("parity", "ge5", "rot90")
+# priority: three tasks from both starts first (the random-weights comparison needs both), then the other tasks
+MLP_ORDER = ([("pre-trained", t) for t in PRETRAINED_TASKS[:3]] + [("random", t) for t in RANDOM_TASKS]
+             + [("pre-trained", t) for t in PRETRAINED_TASKS[3:]])
 RANKS = (0, 1, 2, 4, 8, 16, 32, 64, 128)  # LoRA with a trainable head: coarse grid (r = 0: head and biases)
 DIMS = (25, 50, 100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600)  # random subspace: coarse grid
 VERA_RANKS = (1, 4, 16, 64, 256, 1024)
@@ -90,6 +93,7 @@ def config() -> dict:
             "rule": "gap: head + level x (full - head), seed means, log-interpolated first crossing",
             "refine_levels": list(REFINE_LEVELS),
             "pretrained_tasks": list(PRETRAINED_TASKS), "random_tasks": list(RANDOM_TASKS),
+            "mlp_order": [list(o) for o in MLP_ORDER],
             "random_seed_offset": RANDOM_SEED_OFFSET, "ranks": list(RANKS), "dims": list(DIMS),
             "vera_ranks": list(VERA_RANKS), "lr_size": LR_SIZE,
             "subspace_lr": "chosen lr x sqrt(lr_size / d) (helpers.intrinsic.subspace_lr, as notebook 03)",
@@ -202,9 +206,8 @@ def _mlp_plan(runs: dict, task: str, start: str) -> list[dict]:
 def plan(runs: dict) -> list[dict]:
     """Every point in priority order; a final point carries lr=None until its lr stage is done."""
     out = []
-    for start, tasks in (("pre-trained", PRETRAINED_TASKS), ("random", RANDOM_TASKS)):
-        for task in tasks:
-            out += _mlp_plan(runs, task, start)
+    for start, task in MLP_ORDER:
+        out += _mlp_plan(runs, task, start)
     text = []
 
     def pts(task, method, sizes):
