@@ -30,11 +30,11 @@ TREC-6's validation split, then used for every text task). Text runs are scored 
 test set.
 
 Priority order, so that an interrupted sweep leaves a coherent prefix: every MLP task's full grid (parity, >= 5 and
-rotated digits from both starts first, then the other pre-trained tasks), then the text tasks (baselines first). Results go to sweeps/id_vs_rank_results.json, written atomically
-after every point (sweeps/_results.py; a file written with other settings is refused). `--workers N` runs N
-one-thread worker processes that claim points under a lock (a dead process's claim is released); the file
-sweeps/id_vs_rank_results.stop makes every worker stop before its next point. `--only REGEX` restricts a run to
-the matching keys.
+rotated digits from both starts first, then the other pre-trained tasks), then the text tasks (baselines first).
+Results go to sweeps/id_vs_rank_results.json, written atomically after every point (sweeps/_results.py; a file
+written with other settings is refused). `--workers N` runs N one-thread worker processes that claim points under a
+lock (a dead process's claim is released); the file sweeps/id_vs_rank_results.stop makes every worker stop before
+its next point. `--only REGEX` restricts a run to the matching keys.
 """
 from __future__ import annotations
 
