@@ -30,11 +30,12 @@ TREC-6's validation split, then used for every text task). Text runs are scored 
 test set.
 
 Priority order, so that an interrupted sweep leaves a coherent prefix: every MLP task's full grid (parity, >= 5 and
-rotated digits from both starts first, then the other pre-trained tasks), then the text tasks (baselines first).
-Results go to sweeps/id_vs_rank_results.json, written atomically after every point (sweeps/_results.py; a file
-written with other settings is refused). `--workers N` runs N one-thread worker processes that claim points under a
-lock (a dead process's claim is released); the file sweeps/id_vs_rank_results.stop makes every worker stop before
-its next point. `--only REGEX` restricts a run to the matching keys.
+rotated digits from both starts first, then the other pre-trained tasks), then the text tasks (TREC-6's VeRA,
+then the other tasks' baselines). Results go to sweeps/id_vs_rank_results.json, written atomically after every
+point (sweeps/_results.py; a file written with other settings is refused). `--workers N` runs N one-thread worker
+processes that claim points under a lock (a dead process's claim is released); the file
+sweeps/id_vs_rank_results.stop makes every worker stop before its next point. `--only REGEX` restricts a run to
+the matching keys.
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ TEXT_STEPS, TEXT_LR_STEPS, TEXT_BATCH, TEXT_EVAL_BATCH = 200, 100, 16, 64
 TEXT_LR = {"head": 1e-2, "full": 1e-4, "lora": 3e-3, "said": 1e-1}
 TEXT_HEAD_LR, TEXT_LAMBDA_LR, TEXT_LORA_TARGETS = 1e-2, 1e-2, ("query", "value")
 TEXT_RANKS, TEXT_DIMS = (1, 4, 16), (250, 1000, 4000)
-TEXT_VERA_RANKS, TEXT_VERA_LR_GRID = (256, 1024), (3e-3, 1e-2, 3e-2)
+TEXT_VERA_RANKS, TEXT_VERA_LR_GRID = (256, 16, 1024), (3e-3, 1e-2, 3e-2)  # lr chosen at the first
 TEXT_N_CLASSES = {"trec6": 6, "sms_spam": 2, "movie": 2}
 
 
@@ -213,17 +214,21 @@ def plan(runs: dict) -> list[dict]:
     def pts(task, method, sizes):
         return [dict(stage="final", task=task, start="pre-trained", method=method, size=s, seed=seed,
                      lr=chosen_lr(runs, task, "pre-trained", method)) for s in sizes for seed in SEEDS]
-    for task in TEXT_TASKS:  # the baselines of both tasks first
+    # TREC-6 first: its head, full, LoRA and SAID runs are stored (notebook 05), VeRA is all it lacks
+    text += [dict(stage="lr", task="trec6", start="pre-trained", method="vera", size=TEXT_VERA_RANKS[0], seed=0,
+                  lr=lr) for lr in TEXT_VERA_LR_GRID]
+    text += pts("trec6", "vera", TEXT_VERA_RANKS[:2])
+    for task in TEXT_TASKS:  # then the baselines of the other tasks
         text += pts(task, "head", (0,)) + pts(task, "full", (0,))
     for task in TEXT_TASKS:
         text += pts(task, "lora", (TEXT_RANKS[1],)) + pts(task, "said", (TEXT_DIMS[1],))
     for task in TEXT_TASKS:
         text += pts(task, "lora", (TEXT_RANKS[0], TEXT_RANKS[2])) + pts(task, "said", (TEXT_DIMS[0], TEXT_DIMS[2]))
-    text += [dict(stage="lr", task="trec6", start="pre-trained", method="vera", size=TEXT_VERA_RANKS[0], seed=0,
-                  lr=lr) for lr in TEXT_VERA_LR_GRID]
-    for r in TEXT_VERA_RANKS:
-        for task in ("trec6", *TEXT_TASKS):
-            text += pts(task, "vera", (r,))
+    for task in TEXT_TASKS:
+        text += pts(task, "vera", TEXT_VERA_RANKS[:2])
+    text += pts("trec6", "vera", TEXT_VERA_RANKS[2:])
+    for task in TEXT_TASKS:
+        text += pts(task, "vera", TEXT_VERA_RANKS[2:])
     return out + text
 
 
