@@ -212,7 +212,11 @@ def saved_activation_bytes(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -
         if t.device.type != "meta":
             s = t.untyped_storage()
             seen[s.data_ptr()] = (s.nbytes(), s.data_ptr() in own)
-        return t
+        # a detached alias: the same storage (alive until the graph goes, so no address is counted twice), without
+        # the grad_fn. Returning `t` itself would make the graph keep an op's own output, whose grad_fn keeps the
+        # graph: a reference cycle through C++ that Python's garbage collector cannot see, so every call would
+        # leak the graph's activations and, through them, the model's weights
+        return t.detach()
 
     was_training = model.training
     try:

@@ -1,4 +1,7 @@
 """The helpers notebook 06 adds: saved_activation_bytes, peak_rss (helpers.memory) and step_times (helpers.text)."""
+import gc
+import weakref
+
 import pytest
 import torch
 from conftest import says, unchanged
@@ -26,6 +29,18 @@ def test_saved_activation_bytes_counts_what_backward_keeps_and_changes_nothing()
     frozen = _mlp()
     frozen[0].requires_grad_(False)
     assert saved_activation_bytes(frozen, X, y)["activations"] < out["activations"]  # no input kept for fc1's grad
+
+
+def test_saved_activation_bytes_leaves_nothing_alive():
+    # the graph it builds is freed when it returns: no activation and no weight outlives the call (a pack hook that
+    # returned the saved tensor itself made a reference cycle through autograd's C++ graph, which gc cannot free)
+    model = _mlp()
+    X, y = torch.randn(32, 8), torch.arange(32) % 3
+    saved_activation_bytes(model, X, y)
+    weight, module = weakref.ref(model[0].weight), weakref.ref(model)
+    del model
+    gc.collect()
+    assert weight() is None and module() is None
 
 
 def test_saved_activation_bytes_bad_input():
