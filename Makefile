@@ -23,7 +23,7 @@ LAB_ARGS ?=
 BOOK_OUT := _build/book
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint book doctor test-unit test-notebooks test-notebooks-other-cpu lab bench drift sweep-01 sweep-03 sweep-04 sweep-05 sweep-05-controls clean
+.PHONY: help setup run test lint book doctor test-unit test-notebooks test-notebooks-other-cpu lab bench drift sweep-01 sweep-03 sweep-04 sweep-05 sweep-05-controls sweep-07 clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-26s %s\n", $$1, $$2}'
@@ -112,6 +112,9 @@ sweep-05: $(STAMP) ## notebook 05's full sweep (LoRA, SAID, full FT, probe; pre-
 
 sweep-05-controls: $(STAMP) ## notebook 05's controls (head-only subspace, denser SAID grid, more full-FT seeds, per-tensor SAID, random weights at 3x steps) into sweeps/minilm_controls_results.json: one one-thread worker, resumable, in priority order (the whole plan: about 1 h 40 min of CPU on one quiet core, estimated from the finished runs; a 200-step SAID run is about 2 min of CPU)
 	$(PY) sweeps/minilm_controls.py
+
+sweep-07: $(STAMP) ## notebook 07's stored sweep (d_int90, LoRA-with-head r90 and VeRA on 6 MLP tasks pre-trained and 3 from random, then MiniLM text tasks) into sweeps/id_vs_rank_results.json: two one-thread workers, resumable, in priority order (the MLP part, 1,133 runs: 66 min of wall time on one worker on shared cores; the text part: TREC-6's VeRA at r = 256 done in 12 min, 72 MiniLM runs still to run, about 2-3 h more, estimated from notebook 05's runs)
+	$(PY) sweeps/id_vs_rank.py --workers 2
 
 lint: $(STAMP) ## ruff (pyflakes, pycodestyle, isort, ...) over the code and notebooks, codespell over Markdown, Python and notebooks (seconds; settings in pyproject.toml)
 	@status=0; echo "ruff check"; $(VENV)/bin/ruff check || status=1; echo "codespell"; $(VENV)/bin/codespell || status=1; \

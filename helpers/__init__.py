@@ -19,6 +19,9 @@ Which notebook uses which module:
   blocks (`said_block`, `SAID_EXCLUDE`), `sort_by_length`.
 - `text` (06): `lora_classifier` (the same LoRA four ways: ours, peft, QLoRA ours, QLoRA bitsandbytes), `step_times`.
 - `intrinsic` (03, 04, 05): `sweep`, `baseline`, `dint90`, the toy problem.
+- `idrank` (07): the MLP target tasks and their pre-trained start (`mlp_tasks`, `pretrain_body`, `mlp_model`), VeRA via
+  `peft` (`with_vera`), trainable counts, the bundled SMS-spam and movie-snippet tasks (`load_text_task`), the gap
+  rule's crossings for every method (`gap_estimates`), Spearman's ρ with a bootstrap over tasks and seeds.
 - `analysis` (04): spectra, LoRA subspace similarity, training-step FLOPs (analytic, and as run: `measured_step_flops`).
 - `checks` (every module): the shared argument checks (ValueError naming the value and the fix).
 - `doctor` (no notebook): `make doctor`'s environment report (`python -m helpers.doctor`): versions against the pins,

@@ -294,7 +294,9 @@ SWEEP_RESULTS = {"intrinsic_mlp": ("03", "make sweep-03", "about 20 minutes", {"
                             {"key", "stage", "method", "weights", "size", "seed", "lr"}),
                  "minilm_controls": ("05", "make sweep-05-controls", "about 1 h 40 min (one worker, estimated)",
                                      {"key", "stage", "method", "weights", "size", "seed", "lr", "steps"}),
-                 "minilm_practice": ("06", "make sweep-06", "about 30 minutes", {"key", "kind", "seed", "final_acc"})}
+                 "minilm_practice": ("06", "make sweep-06", "about 30 minutes", {"key", "kind", "seed", "final_acc"}),
+                 "id_vs_rank": ("07", "make sweep-07", "see the Makefile's sweep-07 line",
+                                {"key", "stage", "task", "start", "method", "size", "seed", "lr", "trainable"})}
 
 
 def load_sweep_results(name: str, path: str | Path | None = None) -> dict:

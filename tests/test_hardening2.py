@@ -342,7 +342,7 @@ def test_lists_and_strings_where_a_name_or_a_number_belongs(call, fragments):
 
 def test_load_sweep_results_refuses_a_list_for_the_name():
     with unchanged(dirs=[data.SWEEPS_DIR]), pytest.raises(ValueError, match=says(
-            "sweep must be one name (a str), got ['minilm'] (list)", "choose one of ['intrinsic_mlp'")):
+            "sweep must be one name (a str), got ['minilm'] (list)", "choose one of [", "'intrinsic_mlp'")):
         data.load_sweep_results(["minilm"])
 
 
