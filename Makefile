@@ -5,10 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+SOLUTIONS := $(sort $(wildcard solutions/[0-9][0-9]_*.ipynb))
 EXECUTE := -m jupyter nbconvert --to notebook --execute --inplace \
            --ExecutePreprocessor.timeout=1200 --ExecutePreprocessor.kernel_name=python3 \
            --ExecutePreprocessor.record_timing=False
-NBVAL := -m pytest notebooks --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+NBVAL := -m pytest notebooks solutions --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
          -p no:cacheprovider -q
 # PyTorch's CPU-only wheels. On Linux, PyPI's torch is the CUDA build (~530 MB + ~2 GB of CUDA
 # libraries); `make setup` takes torch from here when it answers, else from pip's own configuration.
@@ -58,8 +59,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml jupyter/overri
 	cp jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
 
-run: $(STAMP) ## execute every notebook in order, headless, in place (about 10 minutes on a 2-core CPU)
-	@for nb in $(NOTEBOOKS); do echo "== $$nb"; $(PY) $(EXECUTE) "$$nb" || exit 1; done
+run: $(STAMP) ## execute every notebook in order, then the solutions, headless, in place (about 12 minutes on a 2-core CPU)
+	@for nb in $(NOTEBOOKS) $(SOLUTIONS); do echo "== $$nb"; $(PY) $(EXECUTE) "$$nb" || exit 1; done
 
 test: lint test-unit ## lint and spelling, unit tests, then every notebook under nbval on this CPU's kernels and, at the same time, on the portable path
 	@echo "== notebooks under nbval, two runs side by side: [this CPU] and [other CPU path] ($(OTHER_CPU))"

@@ -10,7 +10,7 @@ Conventions (bytes per parameter; activations are never included — they depend
 """
 from __future__ import annotations
 
-import copy
+import copy as copy_module
 import math
 import numbers
 
@@ -124,24 +124,29 @@ def tensor_bytes(tensors) -> int:
 
 
 def measure_training_memory(model: nn.Module, X: torch.Tensor, y: torch.Tensor, optimizer: str = "adam",
-                            lr: float = 1e-3) -> dict[str, int]:
+                            lr: float = 1e-3, copy: bool = True) -> dict[str, int]:
     """Measured bytes of parameters, .grad tensors and optimizer state after one training step.
 
     Runs on a deep copy, so `model` is not changed (nor the global RNG: dropout draws inside
-    `torch.random.fork_rng`). Trains what requires grad. Optimizer state counts the
-    per-parameter tensors (Adam's exp_avg, exp_avg_sq; momentum buffers); Adam's scalar step counters
-    (one per tensor, not per parameter) are reported apart as "step_counters" and left out of "total".
+    `torch.random.fork_rng`). copy=False trains `model` itself instead (one step: its weights change and its
+    .grad are set), for a model built only to be measured: then it is not held twice. Trains what requires grad.
+    Optimizer state counts the per-parameter tensors (Adam's exp_avg, exp_avg_sq; momentum buffers); Adam's
+    scalar step counters (one per tensor, not per parameter) are reported apart as "step_counters" and left out
+    of "total".
     """
     _check_choice("optimizer", optimizer, OPTIMIZER_STATES)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}: pass e.g. mlp()")
     check_number("lr", lr, positive=True, example="lr=1e-3")
+    if not isinstance(copy, bool):
+        raise ValueError(f"copy must be True (measure on a deep copy) or False (train the model itself), got {copy!r}")
     check_features("X", X)
     check_labels("y", y, len(X))
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("no parameter requires grad: unfreeze what should train before measuring")
     check_lora_unmerged(model, [p for p in model.parameters() if p.requires_grad])
-    model = copy.deepcopy(model)
+    if copy:
+        model = copy_module.deepcopy(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     name, extra = ("sgd", {"momentum": 0.9}) if optimizer == "sgd_momentum" else (optimizer, {})
     opt = OPTIMIZERS[name](trainable, lr=lr, **extra)
@@ -212,7 +217,11 @@ def saved_activation_bytes(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -
         if t.device.type != "meta":
             s = t.untyped_storage()
             seen[s.data_ptr()] = (s.nbytes(), s.data_ptr() in own)
-        return t
+        # a detached alias: the same storage (alive until the graph goes, so no address is counted twice), without
+        # the grad_fn. Returning `t` itself would make the graph keep an op's own output, whose grad_fn keeps the
+        # graph: a reference cycle through C++ that Python's garbage collector cannot see, so every call would
+        # leak the graph's activations and, through them, the model's weights
+        return t.detach()
 
     was_training = model.training
     try:

@@ -2,6 +2,8 @@
 written with the script's current settings."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -42,3 +44,26 @@ def read_results(path: Path, config: dict) -> dict:
                          "or restore the settings it records")
     data["config"] = config
     return data
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock on `path`'s sibling .lock file: the workers of one sweep read, claim and write the
+    results file under it, one at a time."""
+    with open(Path(path).with_suffix(".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a claim whose worker died is released)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

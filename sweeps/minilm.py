@@ -17,8 +17,6 @@ Runtime: see the Makefile's sweep-05 line. Notebook 05 reads the file and re-run
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import platform
@@ -34,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sweeps._results import read_results  # noqa: E402
+from sweeps._results import alive, locked, read_results  # noqa: E402
 from sweeps._results import write_json as _write_json  # noqa: E402
 
 RESULTS = ROOT / "sweeps" / "minilm_results.json"
@@ -230,32 +228,12 @@ def run_point(p: dict, data: dict) -> dict:
 # The results file, shared by the workers under a lock
 # ---------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def locked(path: Path):
-    with open(path.with_suffix(".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def read(path: Path) -> dict:
     return read_results(path, config())
 
 
 def write_json(path: Path, data: dict) -> None:
     _write_json(path, data, indent=1)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def worker(path: Path, only: str | None) -> None:

@@ -32,6 +32,7 @@ import copy
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -201,7 +202,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--smoke", action="store_true", help="2 steps per run (to check the script; use another --results)")
+    ap.add_argument("--only", default=None, help="a regex: run only the points whose key matches (a second worker: "
+                    "give it a copy of the results file and its own --only, then merge the two files' runs by key)")
     args = ap.parse_args()
+    only = re.compile(args.only) if args.only else None
     path = args.results.resolve()
     if args.smoke:
         global STEPS, LR_STEPS, LONG_STEPS
@@ -220,7 +224,7 @@ def main() -> None:
             break
         results = read(path)
         done = {p["key"] for p in results["runs"]}
-        todo = [p for p in plan(results["runs"]) if key(p) not in done]
+        todo = [p for p in plan(results["runs"]) if key(p) not in done and (only is None or only.search(key(p)))]
         if args.smoke:
             todo = [dict(p, steps=2) for p in todo]
         free = [p for p in todo if p["lr"] is not None]

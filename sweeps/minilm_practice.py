@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from sweeps._results import write_json  # noqa: E402
-from sweeps.minilm import BATCH, EVAL_BATCH, EVAL_EVERY, LORA_ALPHA, LORA_TARGETS, STEPS, load_data, locked  # noqa: E402
+from sweeps._results import locked, write_json  # noqa: E402
+from sweeps.minilm import BATCH, EVAL_BATCH, EVAL_EVERY, LORA_ALPHA, LORA_TARGETS, STEPS, load_data  # noqa: E402
 
 RESULTS = ROOT / "sweeps" / "minilm_practice_results.json"
 SEEDS = (0, 1, 2)

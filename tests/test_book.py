@@ -135,3 +135,14 @@ def test_cross_notebook_links_and_the_notation_anchor(book):
     assert linking, "no notebook links to the notation table"
     for nb in linking:
         assert "01_peft_motivation.html#notation" in parse(out / "notebooks" / f"{nb.stem}.html").links, nb.name
+
+
+@pytest.mark.parametrize("notebook", SERIES, ids=lambda p: p.name)
+def test_each_series_page_links_its_solutions_page(book, notebook):
+    # the Exercises cell's relative link ../solutions/<stem>_solutions.ipynb becomes a link to the solutions page
+    out, _ = book
+    solution = ROOT / "solutions" / f"{notebook.stem}_solutions.ipynb"
+    if not solution.is_file():
+        pytest.skip(f"no solutions/{solution.name} yet")
+    links = parse(out / "notebooks" / f"{notebook.stem}.html").links
+    assert f"../solutions/{notebook.stem}_solutions.html" in links, f"{notebook.name}: no link to its solutions page"

@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+ROOT = Path(__file__).resolve().parent.parent
+SERIES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = SERIES + SOLUTIONS  # every hygiene test below holds the worked solutions to the series' standard
 LOCAL_PATH = re.compile(r"(/work/|/root/|/home/|/tmp/|/Users/|[A-Z]:\\\\Users)")
 
 
@@ -95,3 +98,26 @@ def test_compared_cells_do_not_end_in_a_value_that_changes_between_runs(path):
         assert not UNSTABLE_LAST_LINE.match(last), (
             f"code cell [{c['execution_count']}] ends in `{last}`, whose value changes between runs and is compared "
             "by nbval: assign it (`_ = ...`) or end the line with `;`")
+
+
+@pytest.mark.parametrize("path", SERIES, ids=lambda p: p.name)
+def test_each_series_notebook_links_its_solutions_and_back(path):
+    # solutions/NN_<stem>_solutions.ipynb exists, the series notebook's Exercises cell links it (a relative link that
+    # also works in the book), and the solutions notebook links back to the series notebook
+    solution = ROOT / "solutions" / f"{path.stem}_solutions.ipynb"
+    assert solution.is_file(), f"no worked solutions for {path.name}: expected solutions/{solution.name}"
+    cells = json.loads(path.read_text())["cells"]
+    exercises = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown" and "## Exercises" in "".join(
+        c["source"])]
+    assert len(exercises) == 1 and f"](../solutions/{solution.name})" in exercises[0], (
+        f"{path.name}'s Exercises cell should link ../solutions/{solution.name}")
+    title = "".join(json.loads(solution.read_text())["cells"][0]["source"])
+    assert f"](../notebooks/{path.name})" in title, f"{solution.name}'s title cell should link ../notebooks/{path.name}"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_solutions_end_with_how_they_are_tested_and_a_rule(path):
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown"]
+    assert "".join(cells[-1]["source"]).startswith("---"), "the last cell is the closing '---' cell"
+    assert "How this notebook is tested" in "".join(cells[-2]["source"]), (
+        "the cell before the closing '---' explains how the notebook is tested")

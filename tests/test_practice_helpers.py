@@ -1,10 +1,13 @@
 """The helpers notebook 06 adds: saved_activation_bytes, peak_rss (helpers.memory) and step_times (helpers.text)."""
+import gc
+import weakref
+
 import pytest
 import torch
 from conftest import says, unchanged
 from torch import nn
 
-from helpers.memory import peak_rss, saved_activation_bytes
+from helpers.memory import measure_training_memory, peak_rss, saved_activation_bytes
 from helpers.text import step_times
 
 
@@ -26,6 +29,32 @@ def test_saved_activation_bytes_counts_what_backward_keeps_and_changes_nothing()
     frozen = _mlp()
     frozen[0].requires_grad_(False)
     assert saved_activation_bytes(frozen, X, y)["activations"] < out["activations"]  # no input kept for fc1's grad
+
+
+def test_saved_activation_bytes_leaves_nothing_alive():
+    # the graph it builds is freed when it returns: no activation and no weight outlives the call (a pack hook that
+    # returned the saved tensor itself made a reference cycle through autograd's C++ graph, which gc cannot free)
+    model = _mlp()
+    X, y = torch.randn(32, 8), torch.arange(32) % 3
+    saved_activation_bytes(model, X, y)
+    weight, module = weakref.ref(model[0].weight), weakref.ref(model)
+    del model
+    gc.collect()
+    assert weight() is None and module() is None
+
+
+def test_measure_training_memory_without_a_copy_trains_the_model_and_measures_the_same():
+    X, y = torch.randn(32, 8), torch.arange(32) % 3
+    model = _mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    rng = torch.random.get_rng_state()
+    assert measure_training_memory(model, X, y, copy=False) == measure_training_memory(_mlp(), X, y)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert all(p.grad is not None for p in model.parameters())  # the model itself took the step
+    assert not any(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    fresh = _mlp()
+    with pytest.raises(ValueError, match=says("copy must be True", "or False")), unchanged(models=[fresh]):
+        measure_training_memory(fresh, X, y, copy="no")
 
 
 def test_saved_activation_bytes_bad_input():
