@@ -26,8 +26,9 @@ Text tasks on all-MiniLM-L6-v2 (notebook 05's setting: max_len 32, batch 16, 200
 learning rates, chosen there on TREC-6's validation split): SMS spam and movie-review snippets (helpers.idrank.
 load_text_task) get head, full, LoRA (W_q, W_v, α = 8, the head trained) at TEXT_RANKS and SAID at TEXT_DIMS; TREC-6's
 head, full, LoRA and SAID runs are notebook 05's stored sweeps, so here it only gets VeRA (whose lr is chosen on
-TREC-6's validation split, then used for every text task). Text runs are scored once, after the last step, on their
-test set.
+TREC-6's validation split, then used for every text task) at TEXT_VERA_RANKS. Text runs are scored once, after the
+last step, on their test set. The text grids are 4x apart (a run costs minutes), so once a text task's grid and
+baselines are done, each method gets one more size per crossing (`text_refinements`).
 
 Priority order, so that an interrupted sweep leaves a coherent prefix: every MLP task's full grid (parity, >= 5 and
 rotated digits from both starts first, then the other pre-trained tasks), then the text tasks (TREC-6's VeRA,
@@ -83,7 +84,8 @@ TEXT_STEPS, TEXT_LR_STEPS, TEXT_BATCH, TEXT_EVAL_BATCH = 200, 100, 16, 64
 TEXT_LR = {"head": 1e-2, "full": 1e-4, "lora": 3e-3, "said": 1e-1}
 TEXT_HEAD_LR, TEXT_LAMBDA_LR, TEXT_LORA_TARGETS = 1e-2, 1e-2, ("query", "value")
 TEXT_RANKS, TEXT_DIMS = (1, 4, 16), (250, 1000, 4000)
-TEXT_VERA_RANKS, TEXT_VERA_LR_GRID = (256, 16, 1024), (3e-3, 1e-2, 3e-2)  # lr chosen at the first
+TEXT_VERA_RANKS, TEXT_VERA_LR_GRID = (256, 16, 1024, 64), (3e-3, 1e-2, 3e-2)  # lr chosen at the first
+TEXT_GRIDS = {"lora": TEXT_RANKS, "said": TEXT_DIMS, "vera": tuple(sorted(TEXT_VERA_RANKS))}
 TEXT_N_CLASSES = {"trec6": 6, "sms_spam": 2, "movie": 2}
 
 
@@ -106,7 +108,10 @@ def config() -> dict:
                      "batch_size": TEXT_BATCH, "max_len": 32, "lr": TEXT_LR, "head_lr": TEXT_HEAD_LR,
                      "lambda_lr": TEXT_LAMBDA_LR, "lora_targets": list(TEXT_LORA_TARGETS), "lora_alpha": ALPHA,
                      "ranks": list(TEXT_RANKS), "dims": list(TEXT_DIMS), "vera_ranks": list(TEXT_VERA_RANKS),
-                     "vera_lr_grid": list(TEXT_VERA_LR_GRID), "vera_lr_on": "trec6 validation split (minilm.py)"}}
+                     "vera_lr_grid": list(TEXT_VERA_LR_GRID), "vera_lr_on": "trec6 validation split (minilm.py)",
+                     "refine": "sms_spam, movie: lora, said, vera get the geometric midpoint of the grid interval "
+                               "holding each crossing of the refine levels, or a quarter of the first size when "
+                               "the first size already crosses (said, vera)"}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +185,28 @@ def refinements(runs: dict, task: str, start: str, method: str, grid: tuple) -> 
     return sorted(out)
 
 
+def text_refinements(runs: dict, task: str, method: str) -> list[int]:
+    """A text task's extra sizes, once its coarse grid and its full and head baselines are done: for each level of
+    REFINE_LEVELS, the geometric midpoint of the grid interval holding the seed-mean crossing; when the first size
+    already crosses, a quarter of it (SAID and VeRA; LoRA's first rank is 1). Text runs cost minutes, so one size per
+    crossing, where the MLP grid gets three."""
+    grid = TEXT_GRIDS[method]
+    full, head = (_mean_acc(runs, task, "pre-trained", m, 0) for m in ("full", "head"))
+    curve = [_mean_acc(runs, task, "pre-trained", method, s) for s in grid]
+    if full is None or head is None or any(c is None for c in curve) or full <= head:
+        return []
+    out = []
+    for level in REFINE_LEVELS:
+        hit = [i for i, c in enumerate(curve) if c >= head + level * (full - head)]
+        if not hit:
+            continue
+        i = hit[0]
+        size = int(round(math.sqrt(grid[i - 1] * grid[i]))) if i > 0 else (grid[0] // 4 if method != "lora" else 0)
+        if size > 0 and size not in grid and size not in out:
+            out.append(size)
+    return sorted(out)
+
+
 def _mlp_plan(runs: dict, task: str, start: str) -> list[dict]:
     out = []
     for method in LR_GRID:
@@ -227,6 +254,9 @@ def plan(runs: dict) -> list[dict]:
     text += pts("trec6", "vera", TEXT_VERA_RANKS[2:])
     for task in TEXT_TASKS:
         text += pts(task, "vera", TEXT_VERA_RANKS[2:])
+    for task in TEXT_TASKS:  # last: the sizes around each crossing
+        for method in TEXT_GRIDS:
+            text += pts(task, method, text_refinements(runs, task, method))
     return out + text
 
 
