@@ -83,7 +83,7 @@ TEXT_TASKS = ("sms_spam", "movie")
 TEXT_STEPS, TEXT_LR_STEPS, TEXT_BATCH, TEXT_EVAL_BATCH = 200, 100, 16, 64
 TEXT_LR = {"head": 1e-2, "full": 1e-4, "lora": 3e-3, "said": 1e-1}
 TEXT_HEAD_LR, TEXT_LAMBDA_LR, TEXT_LORA_TARGETS = 1e-2, 1e-2, ("query", "value")
-TEXT_RANKS, TEXT_DIMS = (1, 4, 16), (250, 1000, 4000)
+TEXT_RANKS, TEXT_DIMS = (1, 4, 16), (250, 1000, 4000, 16000)  # 16,000: above LoRA r = 1 (9,986 numbers)
 TEXT_VERA_RANKS, TEXT_VERA_LR_GRID = (256, 16, 1024, 64), (3e-3, 1e-2, 3e-2)  # lr chosen at the first
 TEXT_GRIDS = {"lora": TEXT_RANKS, "said": TEXT_DIMS, "vera": tuple(sorted(TEXT_VERA_RANKS))}
 TEXT_N_CLASSES = {"trec6": 6, "sms_spam": 2, "movie": 2}
@@ -244,12 +244,14 @@ def plan(runs: dict) -> list[dict]:
     for task in TEXT_TASKS:
         text += pts(task, "lora", (TEXT_RANKS[1],)) + pts(task, "said", (TEXT_DIMS[1],))
     for task in TEXT_TASKS:
-        text += pts(task, "lora", (TEXT_RANKS[0], TEXT_RANKS[2])) + pts(task, "said", (TEXT_DIMS[0], TEXT_DIMS[2]))
+        text += pts(task, "lora", (TEXT_RANKS[0], TEXT_RANKS[2])) + pts(task, "said", TEXT_DIMS[::2])
     for task in TEXT_TASKS:
         text += pts(task, "vera", TEXT_VERA_RANKS[:2])
     text += pts("trec6", "vera", TEXT_VERA_RANKS[2:])
     for task in TEXT_TASKS:
         text += pts(task, "vera", TEXT_VERA_RANKS[2:])
+    for task in TEXT_TASKS:  # SAID beyond LoRA's smallest count (added once d = 4,000 had not reached half the gap)
+        text += pts(task, "said", TEXT_DIMS[3:])
     for task in TEXT_TASKS:  # last: the sizes around each crossing
         for method in TEXT_GRIDS:
             text += pts(task, method, text_refinements(runs, task, method))
