@@ -62,12 +62,17 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml jupyter/overri
 run: $(STAMP) ## execute every notebook in order, then the solutions, headless, in place (about 12 minutes on a 2-core CPU)
 	@for nb in $(NOTEBOOKS) $(SOLUTIONS); do echo "== $$nb"; $(PY) $(EXECUTE) "$$nb" || exit 1; done
 
-test: lint test-unit ## lint and spelling, unit tests, then every notebook under nbval on this CPU's kernels and, at the same time, on the portable path
-	@echo "== notebooks under nbval, two runs side by side: [this CPU] and [other CPU path] ($(OTHER_CPU))"
-	@(set -o pipefail; $(MAKE) --no-print-directory test-notebooks 2>&1 | sed -u 's/^/[this CPU] /') & here=$$!; \
-	sleep 10; (set -o pipefail; $(MAKE) --no-print-directory test-notebooks-other-cpu 2>&1 | sed -u 's/^/[other CPU path] /') & other=$$!; \
-	wait $$here; a=$$?; wait $$other; b=$$?; \
-	[ $$a = 0 ] && [ $$b = 0 ] || { echo "make test: nbval failed on [this CPU]: exit $$a, [other CPU path]: exit $$b"; exit 1; }
+# Two lanes, one per core: the unit tests and then nbval on this CPU's kernels; meanwhile nbval on the portable path,
+# which takes about as long as the other two together (the unit tests used to run first, with one core idle).
+test: lint ## lint and spelling; then the unit tests followed by every notebook under nbval on this CPU's kernels, and at the same time every notebook under nbval on the portable path
+	@echo "== two lanes side by side: [unit tests], then nbval on [this CPU]; nbval on [other CPU path] ($(OTHER_CPU))"
+	@(set -o pipefail; $(MAKE) --no-print-directory test-notebooks-other-cpu 2>&1 | sed -u 's/^/[other CPU path] /') & other=$$!; \
+	(set -o pipefail; $(MAKE) --no-print-directory test-unit 2>&1 | sed -u 's/^/[unit tests] /'); u=$$?; a=skipped; \
+	if [ $$u = 0 ]; then (set -o pipefail; $(MAKE) --no-print-directory test-notebooks 2>&1 | sed -u 's/^/[this CPU] /'); a=$$?; \
+	else echo "make test: the unit tests failed (exit $$u); waiting for the [other CPU path] lane to finish"; fi; \
+	wait $$other; b=$$?; \
+	[ $$u = 0 ] && [ $$a = 0 ] && [ $$b = 0 ] || { echo "make test: failed: [unit tests] exit $$u, nbval [this CPU] $$a," \
+	  "[other CPU path] $$b"; exit 1; }
 
 test-unit: $(STAMP) ## unit, robustness and hygiene tests of helpers/ and the committed notebooks
 	$(PY) -m pytest tests -p no:cacheprovider -q
@@ -110,7 +115,7 @@ sweep-04: $(STAMP) ## notebook 04's stored sweep (matched budgets for LoRA with 
 sweep-05: $(STAMP) ## notebook 05's full sweep (LoRA, SAID, full FT, probe; pre-trained and random) into sweeps/minilm_results.json: two one-thread workers, resumable (109 runs; measured in parts: 2 h 20 min for 70 on shared cores, 42 min for 39 on quiet ones)
 	$(PY) sweeps/minilm.py --workers 2
 
-sweep-05-controls: $(STAMP) ## notebook 05's controls (head-only subspace, denser SAID grid, more full-FT seeds, per-tensor SAID, random weights at 3x steps) into sweeps/minilm_controls_results.json: one one-thread worker, resumable, in priority order (the whole plan: about 1 h 40 min of CPU on one quiet core, estimated from the finished runs; a 200-step SAID run is about 2 min of CPU)
+sweep-05-controls: $(STAMP) ## notebook 05's controls (head-only subspace, denser SAID grid, more full-FT seeds, per-tensor SAID, random weights at 3x steps) into sweeps/minilm_controls_results.json: one one-thread worker, resumable, in priority order (67 runs, 1 h 51 min of CPU in all; a 200-step SAID run is about 2 min of CPU; `--only REGEX` on a copy of the file runs a second worker)
 	$(PY) sweeps/minilm_controls.py
 
 sweep-07: $(STAMP) ## notebook 07's stored sweep (d_int90, LoRA-with-head r90 and VeRA on 6 MLP tasks pre-trained and 3 from random, then MiniLM text tasks) into sweeps/id_vs_rank_results.json: two one-thread workers, resumable, in priority order (the MLP part, 1,133 runs: 66 min of wall time on one worker on shared cores; the text part: TREC-6's VeRA at r = 256 done in 12 min, 72 MiniLM runs still to run, about 2-3 h more, estimated from notebook 05's runs)

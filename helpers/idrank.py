@@ -275,7 +275,9 @@ def gap_estimates(runs: pd.DataFrame, *, level: float = 0.9, n_boot: int = 1000,
     head and biases with no adapter), if present, are also the first point of the "vera" curve; for the text
     tasks (anchor=None) the head's runs are the size-0 point of "lora" and "vera".
     Returns {"full", "head": per-seed accuracies, "gap": mean full − mean head, "gap_se": its standard error,
-    "resolved": gap > 2 gap_se, method: dint90's dict for each curve method with >= 2 complete sizes}. Methods whose
+    "resolved": gap > 2 gap_se, method: dint90's dict for each curve method with >= 2 complete sizes; an adapter
+    family's dict also has "smallest", the trainable count of its smallest adapter: an estimate below it was
+    interpolated between the head alone and that adapter, where the family has no member}. Methods whose
     runs are missing are left out; an unresolved gap (the head alone does as well as full fine-tuning, within
     noise) gives no crossings.
     """
@@ -305,4 +307,6 @@ def gap_estimates(runs: pd.DataFrame, *, level: float = 0.9, n_boot: int = 1000,
         size = "size" if method in ("subspace", "said") else "trainable"
         out[method] = dint90(crossing_table(curve, size=size), full, rule="gap", reference=head, level=level,
                              interpolate=True, n_boot=n_boot, seed=seed)
+        if size == "trainable":  # an adapter family's counts are discrete: below its smallest adapter none exists
+            out[method]["smallest"] = float(curve.loc[curve["size"] > 0, "trainable"].min())
     return out

@@ -83,7 +83,7 @@ TEXT_TASKS = ("sms_spam", "movie")
 TEXT_STEPS, TEXT_LR_STEPS, TEXT_BATCH, TEXT_EVAL_BATCH = 200, 100, 16, 64
 TEXT_LR = {"head": 1e-2, "full": 1e-4, "lora": 3e-3, "said": 1e-1}
 TEXT_HEAD_LR, TEXT_LAMBDA_LR, TEXT_LORA_TARGETS = 1e-2, 1e-2, ("query", "value")
-TEXT_RANKS, TEXT_DIMS = (1, 4, 16), (250, 1000, 4000)
+TEXT_RANKS, TEXT_DIMS = (1, 4, 16), (250, 1000, 4000, 16000)  # 16,000: above LoRA r = 1 (9,986 numbers)
 TEXT_VERA_RANKS, TEXT_VERA_LR_GRID = (256, 16, 1024, 64), (3e-3, 1e-2, 3e-2)  # lr chosen at the first
 TEXT_GRIDS = {"lora": TEXT_RANKS, "said": TEXT_DIMS, "vera": tuple(sorted(TEXT_VERA_RANKS))}
 TEXT_N_CLASSES = {"trec6": 6, "sms_spam": 2, "movie": 2}
@@ -164,20 +164,24 @@ def _mean_acc(runs: dict, task: str, start: str, method: str, size: int) -> floa
     return float(np.mean([a["test_acc"] for a in accs]))
 
 
-def refinements(runs: dict, task: str, start: str, method: str, grid: tuple) -> list[int]:
-    """Midpoints of the grid intervals around the seed-mean crossings of the gap rule's thresholds
-    (head + level × (full − head) for each of REFINE_LEVELS: the interval of each crossing and its two neighbours),
-    once the coarse grid and the full and head baselines are done."""
+def _first_hits(runs: dict, task: str, start: str, method: str, grid: tuple) -> list[int]:
+    """For each level of REFINE_LEVELS whose threshold (head + level × (full − head), seed means) the method's curve
+    crosses, the index of the first grid size at or above it; [] until the grid and both baselines are done."""
     full, head = (_mean_acc(runs, task, start, m, 0) for m in ("full", "head"))
     curve = [_mean_acc(runs, task, start, method, s) for s in grid]
     if full is None or head is None or any(c is None for c in curve) or full <= head:
         return []
+    hits = ([i for i, c in enumerate(curve) if c >= head + level * (full - head)] for level in REFINE_LEVELS)
+    return [hit[0] for hit in hits if hit]
+
+
+def refinements(runs: dict, task: str, start: str, method: str, grid: tuple) -> list[int]:
+    """Midpoints of the grid intervals around the seed-mean crossings of the gap rule's thresholds
+    (head + level × (full − head) for each of REFINE_LEVELS: the interval of each crossing and its two neighbours),
+    once the coarse grid and the full and head baselines are done."""
     out = []
-    for level in REFINE_LEVELS:
-        hit = [i for i, c in enumerate(curve) if c >= head + level * (full - head)]
-        if not hit:
-            continue
-        for j in (hit[0] - 2, hit[0] - 1, hit[0]):
+    for first in _first_hits(runs, task, start, method, grid):
+        for j in (first - 2, first - 1, first):
             if 0 <= j < len(grid) - 1 and grid[j] > 0:
                 mid = int(round(math.sqrt(grid[j] * grid[j + 1])))
                 if grid[j] < mid < grid[j + 1] and mid not in out:
@@ -191,16 +195,8 @@ def text_refinements(runs: dict, task: str, method: str) -> list[int]:
     already crosses, a quarter of it (SAID and VeRA; LoRA's first rank is 1). Text runs cost minutes, so one size per
     crossing, where the MLP grid gets three."""
     grid = TEXT_GRIDS[method]
-    full, head = (_mean_acc(runs, task, "pre-trained", m, 0) for m in ("full", "head"))
-    curve = [_mean_acc(runs, task, "pre-trained", method, s) for s in grid]
-    if full is None or head is None or any(c is None for c in curve) or full <= head:
-        return []
     out = []
-    for level in REFINE_LEVELS:
-        hit = [i for i, c in enumerate(curve) if c >= head + level * (full - head)]
-        if not hit:
-            continue
-        i = hit[0]
+    for i in _first_hits(runs, task, "pre-trained", method, grid):
         size = int(round(math.sqrt(grid[i - 1] * grid[i]))) if i > 0 else (grid[0] // 4 if method != "lora" else 0)
         if size > 0 and size not in grid and size not in out:
             out.append(size)
@@ -248,12 +244,14 @@ def plan(runs: dict) -> list[dict]:
     for task in TEXT_TASKS:
         text += pts(task, "lora", (TEXT_RANKS[1],)) + pts(task, "said", (TEXT_DIMS[1],))
     for task in TEXT_TASKS:
-        text += pts(task, "lora", (TEXT_RANKS[0], TEXT_RANKS[2])) + pts(task, "said", (TEXT_DIMS[0], TEXT_DIMS[2]))
+        text += pts(task, "lora", (TEXT_RANKS[0], TEXT_RANKS[2])) + pts(task, "said", TEXT_DIMS[::2])
     for task in TEXT_TASKS:
         text += pts(task, "vera", TEXT_VERA_RANKS[:2])
     text += pts("trec6", "vera", TEXT_VERA_RANKS[2:])
     for task in TEXT_TASKS:
         text += pts(task, "vera", TEXT_VERA_RANKS[2:])
+    for task in TEXT_TASKS:  # SAID beyond LoRA's smallest count (added once d = 4,000 had not reached half the gap)
+        text += pts(task, "said", TEXT_DIMS[3:])
     for task in TEXT_TASKS:  # last: the sizes around each crossing
         for method in TEXT_GRIDS:
             text += pts(task, method, text_refinements(runs, task, method))

@@ -123,6 +123,9 @@ def test_gap_estimates_interpolate_the_gap_rule():
     assert est["subspace"]["d_int90"] == pytest.approx(200.0)  # log-linear: halfway between 100 and 400 is 200
     lora = gap_estimates(_runs({1: 0.90, 4: 0.95}, method="lora"), anchor=None)["lora"]
     assert lora["d_int90"] < 40  # read in the trainable count (10 per size); the head's runs are its size-0 point
+    first = gap_estimates(_runs({4: 0.95, 16: 0.97}, method="lora"), anchor=None)["lora"]
+    assert first["smallest"] == 40 and 20 < first["d_int90"] < 40  # between the head (20) and the smallest adapter
+    assert "smallest" not in est["subspace"]  # a subspace's d is not a family of discrete adapters
     never = gap_estimates(_runs({100: 0.85, 400: 0.90}), anchor=None)["subspace"]
     assert math.isinf(never["d_int90"])
 
