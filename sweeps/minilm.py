@@ -132,21 +132,26 @@ def plan(points: list[dict]) -> list[dict]:
 # One point
 # ---------------------------------------------------------------------------------------------
 
+def val_mask(y: torch.Tensor, n_val: int = N_VAL, seed: int = VAL_SEED) -> torch.Tensor:
+    """The validation split: n_val training examples, stratified by class (largest remainders), drawn with a fixed
+    seed; a boolean mask over y."""
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(y.numpy())
+    per_class = np.floor(counts / counts.sum() * n_val).astype(int)
+    per_class[np.argsort(-(counts / counts.sum() * n_val - per_class))[:n_val - per_class.sum()]] += 1
+    val = np.zeros(len(y), dtype=bool)
+    for c, k in enumerate(per_class):
+        val[rng.choice(np.flatnonzero(y.numpy() == c), k, replace=False)] = True
+    return torch.from_numpy(val)
+
+
 def load_data():
     from helpers.data import load_trec6
     from helpers.text import load_minilm, sort_by_length
     texts, y, texts_test, y_test, _ = load_trec6()
     _, tok = load_minilm()
     X, X_test = tok.features(texts), tok.features(texts_test)
-    # validation split: N_VAL training questions, stratified by class, drawn with a fixed seed
-    rng = np.random.default_rng(VAL_SEED)
-    counts = np.bincount(y.numpy())
-    per_class = np.floor(counts / counts.sum() * N_VAL).astype(int)
-    per_class[np.argsort(-(counts / counts.sum() * N_VAL - per_class))[:N_VAL - per_class.sum()]] += 1
-    val = np.zeros(len(y), dtype=bool)
-    for c, k in enumerate(per_class):
-        val[rng.choice(np.flatnonzero(y.numpy() == c), k, replace=False)] = True
-    val = torch.from_numpy(val)
+    val = val_mask(y)
     return {"train": (X, y), "test": sort_by_length(X_test, y_test), "fit": (X[~val], y[~val]),
             "val": sort_by_length(X[val], y[val]), "texts": texts, "texts_test": texts_test, "y_test": y_test,
             "val_mask": val}

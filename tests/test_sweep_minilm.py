@@ -78,3 +78,13 @@ def test_committed_results_are_complete_and_match_the_script(sweep):
     assert len(done) == len(stored["runs"]), "duplicate run keys"
     missing = [sweep.key(p) for p in sweep.plan(stored["runs"]) if sweep.key(p) not in done]
     assert not missing, f"{len(missing)} planned runs missing, e.g. {missing[:3]}: run make sweep-05"
+
+
+def test_val_mask_is_stratified_and_fixed():
+    import torch
+
+    from sweeps.minilm import val_mask
+    y = torch.tensor([0] * 1749 + [1] * 251)  # SMS spam's training labels' counts
+    m = val_mask(y)
+    assert m.sum() == 500 and int(y[m].sum()) in (62, 63)  # 251 / 2,000 of 500 = 62.75 spam
+    assert torch.equal(m, val_mask(y))  # the same split every time (its own generator: no global RNG touched)
