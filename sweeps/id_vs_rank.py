@@ -22,17 +22,20 @@ from 200 images), each fine-tuned from the 784-200-200 network pre-trained on th
   crossing of its seed-mean curve with the gap rule's thresholds (head + level × (full - head), level 0.5 and 0.9),
   so that the grid is √2-dense where the answers are read.
 
-Text tasks on all-MiniLM-L6-v2 (notebook 05's setting: max_len 32, batch 16, 200 steps, sweeps/minilm.py's
-learning rates, chosen there on TREC-6's validation split): SMS spam and movie-review snippets (helpers.idrank.
-load_text_task) get head, full, LoRA (W_q, W_v, α = 8, the head trained) at TEXT_RANKS and SAID at TEXT_DIMS; TREC-6's
-head, full, LoRA and SAID runs are notebook 05's stored sweeps, so here it only gets VeRA (whose lr is chosen on
-TREC-6's validation split, then used for every text task) at TEXT_VERA_RANKS. Text runs are scored once, after the
-last step, on their test set. The text grids are 4x apart (a run costs minutes), so once a text task's grid and
+Text tasks on all-MiniLM-L6-v2 (notebook 05's setting: max_len 32, batch 16, 200 steps): SMS spam and movie-review
+snippets (helpers.idrank.load_text_task) get head, full, LoRA (W_q, W_v, α = 8, the head trained) at TEXT_RANKS, SAID
+at TEXT_DIMS and VeRA at TEXT_VERA_RANKS, each at the rate its own lr stage chose (TEXT_LR_GRID at TEXT_LR_SIZE, seed
+0, TEXT_LR_STEPS steps on 1,500 training texts, scored on the other 500; extended at an edge as the MLP grids are).
+TREC-6's head, full, LoRA and SAID runs are notebook 05's stored sweeps (sweeps/minilm.py's rates, chosen on TREC-6's
+validation split), so here it only gets VeRA (its lr chosen on that split) at TEXT_VERA_RANKS. SAID's lr is the same
+at every d, as in minilm.py. Text runs are scored once, after the last step, on their test set. A final run is done
+when its key and its lr are stored; one made at another lr (SMS spam and movie runs first made at TREC-6's rates) is
+re-run and the old record moves to the file's "superseded" list. The text grids are 4x apart (a run costs minutes), so once a text task's grid and
 baselines are done, each method gets one more size per crossing (`text_refinements`).
 
 Priority order, so that an interrupted sweep leaves a coherent prefix: every MLP task's full grid (parity, >= 5 and
 rotated digits from both starts first, then the other pre-trained tasks), then the text tasks (TREC-6's VeRA,
-then the other tasks' baselines). Results go to sweeps/id_vs_rank_results.json, written atomically after every
+then the other tasks' lr stages and baselines). Results go to sweeps/id_vs_rank_results.json, written atomically after every
 point (sweeps/_results.py; a file written with other settings is refused). `--workers N` runs N one-thread worker
 processes that claim points under a lock (a dead process's claim is released); the file
 sweeps/id_vs_rank_results.stop makes every worker stop before its next point. `--only REGEX` restricts a run to
@@ -87,8 +90,9 @@ TEXT_RANKS, TEXT_DIMS = (1, 4, 16), (250, 1000, 4000, 16000)  # 16,000: above Lo
 TEXT_VERA_RANKS, TEXT_VERA_LR_GRID = (256, 16, 1024, 64), (3e-3, 1e-2, 3e-2)  # lr chosen at the first
 TEXT_GRIDS = {"lora": TEXT_RANKS, "said": TEXT_DIMS, "vera": tuple(sorted(TEXT_VERA_RANKS))}
 # SMS spam and the movie snippets' own lr stage (500 of their 2,000 training texts held out, stratified, as minilm.py
-# does for TREC-6): three rates around TREC-6's choice per method, seed 0, TEXT_LR_STEPS steps. Recorded after the
-# grids; their final runs still use TREC-6's rates (TEXT_LR) until the stage is read (issue 25).
+# does for TREC-6): three rates around TREC-6's choice per method, seed 0, TEXT_LR_STEPS steps, extended along
+# LR_LADDER as the MLP grids are when the best rate sits at an edge. Their final runs use the rates it chooses; a final
+# run first made at TREC-6's rate and re-run at the task's own is kept in the file's "superseded" list.
 TEXT_LR_GRID = {"head": (3e-3, 1e-2, 3e-2), "full": (3e-5, 1e-4, 3e-4), "lora": (1e-3, 3e-3, 1e-2),
                 "said": (3e-2, 1e-1, 3e-1), "vera": (1e-2, 3e-2, 1e-1)}
 TEXT_LR_SIZE = {"head": 0, "full": 0, "lora": 4, "said": 1000, "vera": 256}
@@ -120,7 +124,10 @@ def config() -> dict:
                                "the first size already crosses (said, vera)",
                      "own_lr_stage": {"lr_grid": {m: list(v) for m, v in TEXT_LR_GRID.items()},
                                       "size": TEXT_LR_SIZE, "n_val": 500, "val_seed": 0,
-                                      "used": "recorded only: final runs use TREC-6's rates"}}}
+                                      "extension": "as the MLP grids (LR_LADDER, at most max_extend steps)",
+                                      "used": "sms_spam and movie final runs use the rate it chooses (TREC-6's "
+                                              "final runs: minilm.py's rates); SAID's lr is the same at every d, "
+                                              "as in minilm.py"}}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,26 +146,28 @@ def _lr_scores(runs: dict, task: str, start: str, method: str) -> dict[float, fl
 
 def chosen_lr(runs: dict, task: str, start: str, method: str) -> float | None:
     """The lr with the best validation accuracy (ties: the smaller), once the grid and every extension it called
-    for are done; None before."""
-    if task in TEXT_N_CLASSES:  # text: minilm.py's rates; VeRA's from its own lr stage on TREC-6
+    for are done; None before. TREC-6: minilm.py's rates, VeRA's from its own lr stage on TREC-6's split."""
+    if task == "trec6":
         if method != "vera":
             return TEXT_LR[method]
         scores = _lr_scores(runs, "trec6", "pre-trained", "vera")
         if not set(TEXT_VERA_LR_GRID) <= set(scores):
             return None
         return max(sorted(scores), key=lambda lr: scores[lr])
+    grid = (TEXT_LR_GRID if task in TEXT_N_CLASSES else LR_GRID)[method]
     scores = _lr_scores(runs, task, start, method)
-    if not set(LR_GRID[method]) <= set(scores) or _extension(scores, method):
+    if not set(grid) <= set(scores) or _extension(scores, grid):
         return None
     return max(sorted(scores), key=lambda lr: scores[lr])
 
 
-def _extension(scores: dict, method: str) -> float | None:
-    """The next lr to try when the best tried lr is at an end of the tried range (None if none is due)."""
+def _extension(scores: dict, grid: tuple) -> float | None:
+    """The next lr to try when the best tried lr is at an end of the tried range (None if none is due); at most
+    MAX_EXTEND steps of LR_LADDER beyond `grid`, the method's lr grid."""
     best = max(sorted(scores), key=lambda lr: scores[lr])
     tried = sorted(scores)
     for edge, step in ((tried[-1], 1), (tried[0], -1)):
-        base = LR_LADDER.index(LR_GRID[method][-1 if step == 1 else 0])
+        base = LR_LADDER.index(grid[-1 if step == 1 else 0])
         nxt = LR_LADDER.index(best) + step
         if best == edge and 0 <= nxt < len(LR_LADDER) and abs(nxt - base) <= MAX_EXTEND:
             return LR_LADDER[nxt]
@@ -212,17 +221,24 @@ def text_refinements(runs: dict, task: str, method: str) -> list[int]:
     return sorted(out)
 
 
-def _mlp_plan(runs: dict, task: str, start: str) -> list[dict]:
+def _lr_stage(runs: dict, task: str, start: str, grids: dict, sizes: dict) -> list[dict]:
+    """A task's lr stage: each method's grid, then one step further along LR_LADDER while the best rate sits at an
+    edge (at most MAX_EXTEND steps)."""
     out = []
-    for method in LR_GRID:
+    for method, grid in grids.items():
         scores = _lr_scores(runs, task, start, method)
-        lrs = list(LR_GRID[method])
-        if set(LR_GRID[method]) <= set(scores):
+        lrs = list(grid)
+        if set(grid) <= set(scores):
             lrs = sorted(scores)
-            nxt = _extension(scores, method)
+            nxt = _extension(scores, grid)
             lrs += [nxt] if nxt is not None else []
-        out += [dict(stage="lr", task=task, start=start, method=method, size=LR_SIZE[method], seed=0, lr=lr)
+        out += [dict(stage="lr", task=task, start=start, method=method, size=sizes[method], seed=0, lr=lr)
                 for lr in lrs]
+    return out
+
+
+def _mlp_plan(runs: dict, task: str, start: str) -> list[dict]:
+    out = _lr_stage(runs, task, start, LR_GRID, LR_SIZE)
     grids = {"full": (0,), "head": (0,), "lora_head": RANKS, "subspace": DIMS, "vera": VERA_RANKS}
     for method, grid in grids.items():
         sizes = list(grid)
@@ -248,7 +264,9 @@ def plan(runs: dict) -> list[dict]:
     text += [dict(stage="lr", task="trec6", start="pre-trained", method="vera", size=TEXT_VERA_RANKS[0], seed=0,
                   lr=lr) for lr in TEXT_VERA_LR_GRID]
     text += pts("trec6", "vera", TEXT_VERA_RANKS[:2])
-    for task in TEXT_TASKS:  # then the baselines of the other tasks
+    for task in TEXT_TASKS:  # then the other tasks' own lr stages (on their validation splits) and baselines
+        text += _lr_stage(runs, task, "pre-trained", TEXT_LR_GRID, TEXT_LR_SIZE)
+    for task in TEXT_TASKS:
         text += pts(task, "head", (0,)) + pts(task, "full", (0,))
     for task in TEXT_TASKS:
         text += pts(task, "lora", (TEXT_RANKS[1],)) + pts(task, "said", (TEXT_DIMS[1],))
@@ -264,10 +282,16 @@ def plan(runs: dict) -> list[dict]:
     for task in TEXT_TASKS:  # last: the sizes around each crossing
         for method in TEXT_GRIDS:
             text += pts(task, method, text_refinements(runs, task, method))
-    for task in TEXT_TASKS:  # then each task's own lr stage, on its own validation split (recorded, not yet used)
-        text += [dict(stage="lr", task=task, start="pre-trained", method=m, size=TEXT_LR_SIZE[m], seed=0, lr=lr)
-                 for m, lrs in TEXT_LR_GRID.items() for lr in lrs]
     return out + text
+
+
+def done(p: dict, runs: dict) -> bool:
+    """Whether planned point `p` is stored: an lr-stage point by its key; a final point by its key and its lr (a
+    final run made at another rate, e.g. TREC-6's before the task's own lr stage was read, is due again)."""
+    r = runs.get(key(p))
+    if r is None or p["stage"] == "lr":
+        return r is not None
+    return p["lr"] is not None and math.isclose(r["lr"], p["lr"], rel_tol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,7 +425,7 @@ def worker(path: Path, only: str | None) -> None:
             runs = {r["key"]: r for r in results["runs"]}
             claims = json.loads(claims_path.read_text()) if claims_path.exists() else {}
             claims = {k: pid for k, pid in claims.items() if k not in runs and alive(pid)}
-            todo = [p for p in plan(runs) if key(p) not in runs and (only is None or re.search(only, key(p)))]
+            todo = [p for p in plan(runs) if not done(p, runs) and (only is None or re.search(only, key(p)))]
             free = [p for p in todo if key(p) not in claims and p["lr"] is not None]
             if free:
                 point = free[0]
@@ -421,6 +445,9 @@ def worker(path: Path, only: str | None) -> None:
         rec = {"key": key(point), **point, **out, **env, "finished": time.strftime("%Y-%m-%d %H:%M")}
         with locked(path):
             results = read(path)
+            old = [r for r in results["runs"] if r["key"] == rec["key"]]
+            if old:  # made at another lr: kept, out of "runs"
+                results["superseded"] = results.get("superseded", []) + old
             results["runs"] = [r for r in results["runs"] if r["key"] != rec["key"]] + [rec]
             results["pretrained"] = meta
             write_json(path, results)
@@ -449,7 +476,7 @@ def main() -> None:
         results = read(path)  # refuses a file from another configuration before anything starts
         write_json(path, results)
     runs = {r["key"]: r for r in results["runs"]}
-    todo = [p for p in plan(runs) if key(p) not in runs]
+    todo = [p for p in plan(runs) if not done(p, runs)]
     print(f"{len(runs)} points done, {len(todo)} planned so far (refinements are added as grids finish)", flush=True)
     if args.dry:
         return
@@ -462,7 +489,7 @@ def main() -> None:
     codes = [p.wait() for p in procs]
     results = read(path)
     runs = {r["key"]: r for r in results["runs"]}
-    left = [key(p) for p in plan(runs) if key(p) not in runs]
+    left = [key(p) for p in plan(runs) if not done(p, runs)]
     print(f"sweep: {len(runs)} points in {path.name}, {len(left)} left; this run took "
           f"{(time.perf_counter() - t0) / 60:.1f} min; worker exit codes {codes}")
     if any(codes):
