@@ -285,6 +285,18 @@ def plan(runs: dict) -> list[dict]:
     return out + text
 
 
+def retire_unplanned(results: dict) -> dict:
+    """Once the plan is complete: runs it no longer holds (a refined size whose crossing moved when a baseline was
+    re-run at its task's own lr) move from "runs" to "superseded", so that "runs" is exactly the plan."""
+    runs = {r["key"]: r for r in results["runs"]}
+    planned = {key(p) for p in plan(runs)}
+    gone = [r for r in results["runs"] if r["key"] not in planned]
+    if not gone:
+        return results
+    return {**results, "runs": [r for r in results["runs"] if r["key"] in planned],
+            "superseded": results.get("superseded", []) + gone}
+
+
 def done(p: dict, runs: dict) -> bool:
     """Whether planned point `p` is stored: an lr-stage point by its key; a final point by its key and its lr (a
     final run made at another rate, e.g. TREC-6's before the task's own lr stage was read, is due again)."""
@@ -424,8 +436,9 @@ def worker(path: Path, only: str | None) -> None:
             results = read(path)
             runs = {r["key"]: r for r in results["runs"]}
             claims = json.loads(claims_path.read_text()) if claims_path.exists() else {}
-            claims = {k: pid for k, pid in claims.items() if k not in runs and alive(pid)}
             todo = [p for p in plan(runs) if not done(p, runs) and (only is None or re.search(only, key(p)))]
+            due = {key(p) for p in todo}
+            claims = {k: pid for k, pid in claims.items() if k in due and alive(pid)}
             free = [p for p in todo if key(p) not in claims and p["lr"] is not None]
             if free:
                 point = free[0]
@@ -445,7 +458,7 @@ def worker(path: Path, only: str | None) -> None:
         rec = {"key": key(point), **point, **out, **env, "finished": time.strftime("%Y-%m-%d %H:%M")}
         with locked(path):
             results = read(path)
-            old = [r for r in results["runs"] if r["key"] == rec["key"]]
+            old = [r for r in results["runs"] if r["key"] == rec["key"] and not math.isclose(r["lr"], rec["lr"])]
             if old:  # made at another lr: kept, out of "runs"
                 results["superseded"] = results.get("superseded", []) + old
             results["runs"] = [r for r in results["runs"] if r["key"] != rec["key"]] + [rec]
@@ -487,9 +500,14 @@ def main() -> None:
         procs.append(subprocess.Popen(cmd))
         time.sleep(5)
     codes = [p.wait() for p in procs]
-    results = read(path)
+    with locked(path):
+        results = read(path)
+        runs = {r["key"]: r for r in results["runs"]}
+        left = [key(p) for p in plan(runs) if not done(p, runs)]
+        if not left:
+            results = retire_unplanned(results)
+            write_json(path, results)
     runs = {r["key"]: r for r in results["runs"]}
-    left = [key(p) for p in plan(runs) if not done(p, runs)]
     print(f"sweep: {len(runs)} points in {path.name}, {len(left)} left; this run took "
           f"{(time.perf_counter() - t0) / 60:.1f} min; worker exit codes {codes}")
     if any(codes):

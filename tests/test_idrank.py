@@ -211,6 +211,28 @@ def test_sweep_lr_choice_extends_at_the_edge(sweep):
     assert sweep.chosen_lr(runs, "ge5", "random", "head") == 3e-2
 
 
+def test_sweep_text_tasks_use_their_own_lr_stage(sweep):
+    runs = {}
+    for lr in sweep.TEXT_LR_GRID["said"]:
+        p = dict(stage="lr", task="movie", start="pre-trained", method="said", size=1000, seed=0, lr=lr)
+        runs[sweep.key(p)] = dict(p, val_acc=lr)  # the largest lr is best: one more step is due, as on the MLP
+    assert sweep.chosen_lr(runs, "movie", "pre-trained", "said") is None
+    todo = [p for p in sweep.plan(runs) if p["stage"] == "lr" and not sweep.done(p, runs) and p["task"] == "movie"
+            and p["method"] == "said"]
+    assert [p["lr"] for p in todo] == [1.0]
+    runs[sweep.key(todo[0])] = dict(todo[0], val_acc=0.0)
+    assert sweep.chosen_lr(runs, "movie", "pre-trained", "said") == 0.3
+    assert sweep.chosen_lr(runs, "trec6", "pre-trained", "said") == sweep.TEXT_LR["said"]  # minilm.py's choice
+    final = dict(stage="final", task="movie", start="pre-trained", method="said", size=1000, seed=0, lr=0.3)
+    runs[sweep.key(final)] = dict(final, lr=0.1, test_acc=0.7)  # made at TREC-6's rate: due again
+    assert not sweep.done(final, runs)
+    runs[sweep.key(final)]["lr"] = 0.3
+    assert sweep.done(final, runs) and not sweep.done(dict(final, lr=None), runs)
+    stray = dict(final, size=123, key="final/movie/pre-trained/said/123/0")  # a refined size no longer planned
+    kept = sweep.retire_unplanned({"runs": [dict(r, key=k) for k, r in runs.items()] + [stray]})
+    assert [r["key"] for r in kept["superseded"]] == [stray["key"]] and stray not in kept["runs"]
+
+
 def test_committed_results_match_the_script(sweep):
     """The results file, if present, was written with the script's current settings and holds only planned points,
     each complete where the notebook reads it."""
@@ -224,5 +246,5 @@ def test_committed_results_match_the_script(sweep):
     planned = {sweep.key(p): p for p in sweep.plan(runs)}
     for k, r in runs.items():
         assert k in planned, f"{k} is not in the plan"
-        assert r["lr"] == pytest.approx(planned[k]["lr"]) or r["stage"] == "lr"
+        assert sweep.done(planned[k], runs), f"{k} was made at lr {r['lr']:g}, the plan now says {planned[k]['lr']}"
         assert r.get("test_acc", r.get("val_acc")) is not None or "diverged" in r
