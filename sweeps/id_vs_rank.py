@@ -30,7 +30,9 @@ TREC-6's head, full, LoRA and SAID runs are notebook 05's stored sweeps (sweeps/
 validation split), so here it only gets VeRA (its lr chosen on that split) at TEXT_VERA_RANKS. SAID's lr is the same
 at every d, as in minilm.py. Text runs are scored once, after the last step, on their test set. A final run is done
 when its key and its lr are stored; one made at another lr (SMS spam and movie runs first made at TREC-6's rates) is
-re-run and the old record moves to the file's "superseded" list. The text grids are 4x apart (a run costs minutes), so once a text task's grid and
+re-run and the old record moves to the file's "superseded" list. Last, the control "said_lrd" on SMS spam and the movie
+snippets: SAID at TEXT_LRD_DIMS with its chosen lr scaled by √(1000 / d) (helpers.intrinsic.subspace_lr), because at
+one lr for every d it fell at the largest d. The text grids are 4x apart (a run costs minutes), so once a text task's grid and
 baselines are done, each method gets one more size per crossing (`text_refinements`).
 
 Priority order, so that an interrupted sweep leaves a coherent prefix: every MLP task's full grid (parity, >= 5 and
@@ -97,6 +99,10 @@ TEXT_LR_GRID = {"head": (3e-3, 1e-2, 3e-2), "full": (3e-5, 1e-4, 3e-4), "lora": 
                 "said": (3e-2, 1e-1, 3e-1), "vera": (1e-2, 3e-2, 1e-1)}
 TEXT_LR_SIZE = {"head": 0, "full": 0, "lora": 4, "said": 1000, "vera": 256}
 TEXT_N_CLASSES = {"trec6": 6, "sms_spam": 2, "movie": 2}
+# the control for SAID's fall at large d on SMS spam and the movie snippets (one lr for every d makes Adam's step in
+# θ^(D) grow as √d): "said_lrd", SAID with its chosen lr scaled by √(TEXT_LR_SIZE["said"] / d) (helpers.intrinsic.
+# subspace_lr, as the MLP subspace runs and notebook 05's said_lrd control), at the two largest d
+TEXT_LRD_DIMS = (4000, 16000)
 
 
 def config() -> dict:
@@ -122,6 +128,8 @@ def config() -> dict:
                      "refine": "sms_spam, movie: lora, said, vera get the geometric midpoint of the grid interval "
                                "holding each crossing of the refine levels, or a quarter of the first size when "
                                "the first size already crosses (said, vera)",
+                     "said_lrd": {"dims": list(TEXT_LRD_DIMS), "tasks": list(TEXT_TASKS),
+                                  "lr": "said's chosen lr x sqrt(1000 / d) (helpers.intrinsic.subspace_lr)"},
                      "own_lr_stage": {"lr_grid": {m: list(v) for m, v in TEXT_LR_GRID.items()},
                                       "size": TEXT_LR_SIZE, "n_val": 500, "val_seed": 0,
                                       "extension": "as the MLP grids (LR_LADDER, at most max_extend steps)",
@@ -154,6 +162,8 @@ def chosen_lr(runs: dict, task: str, start: str, method: str) -> float | None:
         if not set(TEXT_VERA_LR_GRID) <= set(scores):
             return None
         return max(sorted(scores), key=lambda lr: scores[lr])
+    if method == "said_lrd":  # SAID's rate, scaled per d when the run is made
+        return chosen_lr(runs, task, start, "said")
     grid = (TEXT_LR_GRID if task in TEXT_N_CLASSES else LR_GRID)[method]
     scores = _lr_scores(runs, task, start, method)
     if not set(grid) <= set(scores) or _extension(scores, grid):
@@ -279,9 +289,11 @@ def plan(runs: dict) -> list[dict]:
         text += pts(task, "vera", TEXT_VERA_RANKS[2:])
     for task in TEXT_TASKS:  # SAID beyond LoRA's smallest count (added once d = 4,000 had not reached half the gap)
         text += pts(task, "said", TEXT_DIMS[3:])
-    for task in TEXT_TASKS:  # last: the sizes around each crossing
+    for task in TEXT_TASKS:  # the sizes around each crossing
         for method in TEXT_GRIDS:
             text += pts(task, method, text_refinements(runs, task, method))
+    for task in TEXT_TASKS:  # last: SAID with its lr scaled per d, where one lr for every d had it fall
+        text += pts(task, "said_lrd", TEXT_LRD_DIMS)
     return out + text
 
 
@@ -376,6 +388,7 @@ def text_model(p: dict, encoder):
 
 
 def run_text(p: dict, cache: dict) -> dict:
+    from helpers.intrinsic import subspace_lr
     from helpers.text import load_minilm
     from helpers.training import TrainingDiverged, evaluate, train
     if p["task"] not in cache:
@@ -387,8 +400,9 @@ def run_text(p: dict, cache: dict) -> dict:
     trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
     lr_stage = p["stage"] == "lr"
     X, y = data["fit" if lr_stage else "train"]
+    lr = p["lr"] if p["method"] != "said_lrd" else subspace_lr(p["lr"], p["size"], TEXT_LR_SIZE["said"])
     try:
-        train(model, X, y, steps=TEXT_LR_STEPS if lr_stage else TEXT_STEPS, lr=p["lr"], lr_for=lr_for,
+        train(model, X, y, steps=TEXT_LR_STEPS if lr_stage else TEXT_STEPS, lr=lr, lr_for=lr_for,
               batch_size=TEXT_BATCH, seed=p["seed"], progress=False, eval_batch_size=TEXT_EVAL_BATCH)
     except TrainingDiverged as e:
         return {"trainable": trainable, "diverged": str(e), "val_acc": 0.0 if lr_stage else None, "test_acc": None,
@@ -398,7 +412,7 @@ def run_text(p: dict, cache: dict) -> dict:
     acc = evaluate(model, Xe, ye, batch_size=TEXT_EVAL_BATCH)
     out = {"trainable": trainable, ("val_acc" if lr_stage else "test_acc"): acc,
            "wall_seconds": time.perf_counter() - t0}
-    if p["method"] == "said":
+    if p["method"] in ("said", "said_lrd"):
         out["D"] = model.D
     return out
 
