@@ -29,12 +29,12 @@ def row(measure, value, goal, met, how, cause=None):
     return out
 
 
-DEQUANT_CAUSE = ("dequantize_nf4's fused kernel (the default from 2^20 values up) decodes and scales in one pass, as bitsandbytes' CPU kernel does: "
-                 "a loop compiled by numba reads each packed byte, looks its two levels up in a 256-entry table (2 KB, "
-                 "in L1) and multiplies them by the block's absmax in registers. Its output is a NumPy allocation "
-                 "(transparent huge pages on Linux). The torch kernel (three PyTorch passes over the tensor, the "
-                 "version notebook 02 teaches) is shown for comparison; the huge-pages control row gives "
-                 "bitsandbytes' output huge pages too, so that only the kernels differ.")
+DEQUANT_CAUSE = ("dequantize_nf4's fused kernel (the default from 2^20 values up) decodes and scales in one pass, as "
+                 "bitsandbytes' CPU kernel does: a loop compiled by numba reads each packed byte, looks its two levels "
+                 "up in a 256-entry table (2 KB, in L1) and multiplies them by the block's absmax in registers. Its "
+                 "output is a NumPy allocation (transparent huge pages on Linux). The torch kernel (three PyTorch "
+                 "passes over the tensor, the version notebook 02 teaches) is shown for comparison; the huge-pages "
+                 "control row gives bitsandbytes' output huge pages too, so that only the kernels differ.")
 
 
 FASTFOOD_CAUSE = ("Four Walsh-Hadamard transforms of length n·L per step (two per product) are most of it: each is "
