@@ -35,14 +35,20 @@ def machine() -> dict:
 
 def bandwidth(mbytes: int = 256, repeats: int = 5) -> dict[str, float]:
     """Memory bandwidth on the current thread count, in bytes/s: `read` (sum of a tensor already in memory),
-    `write` (fill of a tensor already in memory) and `write_fresh` (fill of a newly allocated tensor: the
-    OS maps its pages on first touch, which costs more than the writes on many machines)."""
+    `write` (fill of a tensor already in memory), `write_fresh` (fill of a newly allocated tensor: the
+    OS maps its pages on first touch, which costs more than the writes on many machines) and `write_fresh_numpy`
+    (the same with NumPy's allocator, which on Linux asks for transparent huge pages: fewer, larger faults)."""
+    import numpy as np
     n = mbytes * 2**20 // 4
     x = torch.ones(n)
 
     def fresh():
         torch.empty(n).fill_(1.0)
-    t = interleaved({"read": x.sum, "write": lambda: x.fill_(2.0), "write_fresh": fresh}, 1, repeats)
+
+    def fresh_numpy():
+        np.empty(n, dtype=np.float32).fill(1.0)
+    t = interleaved({"read": x.sum, "write": lambda: x.fill_(2.0), "write_fresh": fresh,
+                     "write_fresh_numpy": fresh_numpy}, 1, repeats)
     return {k: 4 * n / v for k, v in t.items()}
 
 

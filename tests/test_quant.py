@@ -121,6 +121,39 @@ def test_dtype_is_restored(dtype):
     assert torch.allclose(out.float(), w.float(), atol=0.2 * float(w.abs().max()))
 
 
+@pytest.mark.parametrize("shape", [(2,), (7,), (13, 77), (65,), (200, 784), (2, 3, 33)])
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_fused_kernel_equals_the_torch_kernel_bit_for_bit(shape, double_quant, dtype):
+    q = quantize_nf4(gaussian(*shape).to(dtype), double_quant=double_quant)
+    fused, reference = dequantize_nf4(q, kernel="fused"), dequantize_nf4(q, kernel="torch")
+    assert fused.dtype == reference.dtype == dtype and fused.shape == reference.shape
+    assert torch.equal(fused, reference)
+    assert torch.equal(dequantize_nf4(q), fused)
+
+
+def test_auto_takes_the_fused_kernel_from_a_million_values(monkeypatch):
+    from helpers import quant
+    calls = []
+    real = quant._fused_kernel()
+    monkeypatch.setitem(quant._FUSED, "fn", lambda *a: calls.append(1) or real(*a))
+    dequantize_nf4(quantize_nf4(gaussian(1023, 1024)))  # just below FUSED_MIN_NUMEL
+    assert calls == []
+    dequantize_nf4(quantize_nf4(gaussian(1024, 1024)))
+    assert calls == [1]
+
+
+def test_without_numba_auto_falls_back_and_fused_names_the_fix(monkeypatch):
+    from helpers import quant
+    q = quantize_nf4(gaussian(8, 64))
+    expected = dequantize_nf4(q, kernel="torch")
+    monkeypatch.setattr(quant, "_FUSED", {"fn": None, "why": "ModuleNotFoundError: No module named 'numba'"})
+    monkeypatch.setattr(quant, "FUSED_MIN_NUMEL", 1)
+    assert torch.equal(dequantize_nf4(q), expected)
+    with pytest.raises(ValueError, match="needs numba.*No module named 'numba'.*make setup.*kernel='torch'"):
+        dequantize_nf4(q, kernel="fused")
+
+
 def test_all_zero_blocks_dequantise_to_zero():
     w = torch.zeros(3, 64)
     w[1] = gaussian(64)

@@ -634,9 +634,11 @@ def test_quantize_nf4_not_a_tensor(w, kind):
     (lambda w: quant.quantize_int(w, 8, block_size=0), ("block_size must be a positive integer", "got 0",
                                                         "e.g. 64", "or d_in per row")),
     (lambda w: quant.dequantize_nf4(w), ("expected an NF4Tensor (from quantize_nf4)", "got Tensor")),
+    (lambda w: quant.dequantize_nf4(quant.quantize_nf4(w), kernel="cuda"),
+     ("kernel must be one of ('auto', 'fused', 'torch')", "got 'cuda'", "'auto' picks the fastest")),
     (lambda w: quant.pack_nibbles(torch.tensor([3, 16])), ("codes must lie in 0..15", "maximum of 16",
                                                            "pass level indices")),
-], ids=["int-bits-9", "int-bits-1", "int-block-0", "dequantize-a-tensor", "pack-code-16"])
+], ids=["int-bits-9", "int-bits-1", "int-block-0", "dequantize-a-tensor", "dequantize-bad-kernel", "pack-code-16"])
 def test_quant_functions_bad_inputs(call, fragments):
     w = torch.randn(4, 16)
     with unchanged(tensors=[w]), pytest.raises(ValueError, match=says(*fragments)):
