@@ -101,8 +101,8 @@ TEXT_LR_SIZE = {"head": 0, "full": 0, "lora": 4, "said": 1000, "vera": 256}
 TEXT_N_CLASSES = {"trec6": 6, "sms_spam": 2, "movie": 2}
 # the control for SAID's fall at large d on SMS spam and the movie snippets (one lr for every d makes Adam's step in
 # θ^(D) grow as √d): "said_lrd", SAID with its chosen lr scaled by √(TEXT_LR_SIZE["said"] / d) (helpers.intrinsic.
-# subspace_lr, as the MLP subspace runs and notebook 05's said_lrd control), at the two largest d
-TEXT_LRD_DIMS = (4000, 16000)
+# subspace_lr, as the MLP subspace runs and notebook 05's said_lrd control), at the other sizes of its grid
+TEXT_LRD_DIMS = (250, 4000, 16000)  # d = 1,000: the same run as SAID's (the factor is 1)
 
 
 def config() -> dict:
