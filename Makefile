@@ -118,7 +118,7 @@ sweep-05: $(STAMP) ## notebook 05's full sweep (LoRA, SAID, full FT, probe; pre-
 sweep-05-controls: $(STAMP) ## notebook 05's controls (head-only subspace, denser SAID grid, more full-FT seeds, per-tensor SAID, random weights at 3x steps) into sweeps/minilm_controls_results.json: one one-thread worker, resumable, in priority order (67 runs, 1 h 51 min of CPU in all; a 200-step SAID run is about 2 min of CPU; `--only REGEX` on a copy of the file runs a second worker)
 	$(PY) sweeps/minilm_controls.py
 
-sweep-07: $(STAMP) ## notebook 07's stored sweep (d_int90, LoRA-with-head r90 and VeRA on 6 MLP tasks pre-trained and 3 from random, then MiniLM text tasks) into sweeps/id_vs_rank_results.json: two one-thread workers, resumable, in priority order (complete: 1,235 runs; the MLP part 66 min of wall time on one worker, the text part 3.5 h of run time on two workers, on shared cores)
+sweep-07: $(STAMP) ## notebook 07's stored sweep (d_int90, LoRA-with-head r90 and VeRA on 6 MLP tasks pre-trained and 3 from random, then MiniLM text tasks) into sweeps/id_vs_rank_results.json: two one-thread workers, resumable, in priority order (complete: 1,289 runs; the MLP part 66 min of wall time on one worker, the text part 189 runs in 6.6 h of run time on two workers, on shared cores)
 	$(PY) sweeps/id_vs_rank.py --workers 2
 
 lint: $(STAMP) ## ruff (pyflakes, pycodestyle, isort, ...) over the code and notebooks, codespell over Markdown, Python and notebooks (seconds; settings in pyproject.toml)

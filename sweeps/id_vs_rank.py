@@ -32,16 +32,16 @@ at every d, as in minilm.py. Text runs are scored once, after the last step, on 
 when its key and its lr are stored; one made at another lr (SMS spam and movie runs first made at TREC-6's rates) is
 re-run and the old record moves to the file's "superseded" list. Last, the control "said_lrd" on SMS spam and the movie
 snippets: SAID at TEXT_LRD_DIMS with its chosen lr scaled by √(1000 / d) (helpers.intrinsic.subspace_lr), because at
-one lr for every d it fell at the largest d. The text grids are 4x apart (a run costs minutes), so once a text task's grid and
-baselines are done, each method gets one more size per crossing (`text_refinements`).
+one lr for every d it fell at the largest d. The text grids are 4x apart (a run costs minutes), so once a text
+task's grid and baselines are done, each method gets one more size per crossing (`text_refinements`).
 
 Priority order, so that an interrupted sweep leaves a coherent prefix: every MLP task's full grid (parity, >= 5 and
 rotated digits from both starts first, then the other pre-trained tasks), then the text tasks (TREC-6's VeRA,
-then the other tasks' lr stages and baselines). Results go to sweeps/id_vs_rank_results.json, written atomically after every
-point (sweeps/_results.py; a file written with other settings is refused). `--workers N` runs N one-thread worker
-processes that claim points under a lock (a dead process's claim is released); the file
+then the other tasks' lr stages and baselines). Results go to sweeps/id_vs_rank_results.json, written atomically
+after every point (sweeps/_results.py; a file written with other settings is refused). `--workers N` runs N
+one-thread worker processes that claim points under a lock (a dead process's claim is released); the file
 sweeps/id_vs_rank_results.stop makes every worker stop before its next point. `--only REGEX` restricts a run to
-the matching keys.
+the matching keys. Once nothing is left, runs the plan no longer holds move to "superseded" (`retire_unplanned`).
 """
 from __future__ import annotations
 
